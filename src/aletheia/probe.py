@@ -1,0 +1,168 @@
+"""Gradient probe (paper §3.2): a task-relevance score for every decoder block.
+
+Definition. For probe batches b = 1..N and block l with parameters θ_l,
+
+    score_l = Σ_b ‖ ∇_{θ_l} L(b) ‖₂
+
+where L is the causal-LM loss of the batch (mean over response tokens; prompt and padding tokens are
+masked exactly as in training) and ‖·‖₂ is the L2 norm over *all* of the block's parameters taken
+together, i.e. sqrt(Σ_p ‖∇p‖²). Embeddings, final norm and LM head are frozen and not scored.
+
+Two modes give the same scores:
+
+- ``chunked`` (the paper's): gradients enabled for ``chunk_size`` blocks at a time, so ⌈L/8⌉ × N
+  forward-backward passes; gradient memory is bounded by one chunk.
+- ``single-pass`` (default): every block at once, one pass per batch. A hook on each parameter
+  reduces its gradient to a squared norm the moment it is accumulated and frees it, so gradient
+  memory stays near one parameter's size and the probe costs N passes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .architectures import get_blocks
+from .errors import AletheiaError
+
+
+@dataclass
+class ProbeResult:
+    scores: list[float]
+    """Raw score per layer: sum over batches of the block's gradient L2 norm."""
+    per_batch: list[list[float]]
+    """Gradient L2 norm per batch (rows) and layer (columns)."""
+    losses: list[float]
+    """Probe loss of each batch."""
+    mode: str
+    batches: int
+    seconds: float
+    passes: int
+    """Forward-backward passes spent (N for single-pass, ⌈L/chunk⌉ × N for chunked)."""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def normalized(self) -> list[float]:
+        """Share of the total gradient signal per layer (sums to 1)."""
+        total = sum(self.scores)
+        return [s / total if total > 0 else 0.0 for s in self.scores]
+
+    @property
+    def ranking(self) -> list[int]:
+        """Layer indices by descending score; ties go to the lower index (deterministic)."""
+        return sorted(range(len(self.scores)), key=lambda i: (-self.scores[i], i))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["normalized_scores"] = self.normalized
+        d["ranking"] = self.ranking
+        return d
+
+
+def _block_params(model: nn.Module) -> list[list[nn.Parameter]]:
+    return [list(block.parameters()) for block in get_blocks(model)]
+
+
+def _loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    batch = {k: v.to(device) for k, v in batch.items()}
+    loss = model(**batch).loss
+    if not torch.isfinite(loss):
+        raise AletheiaError(f"the probe loss is not finite ({loss.item()}); try --dtype float32")
+    return loss
+
+
+def run_probe(
+    model: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    mode: str = "single-pass",
+    chunk_size: int = 8,
+    progress: bool = True,
+) -> ProbeResult:
+    """Score every decoder block of ``model`` on ``batches`` (see the module docstring)."""
+    if mode not in ("single-pass", "chunked"):
+        raise AletheiaError(f"unknown probe mode '{mode}'; use single-pass or chunked")
+    if not batches:
+        raise AletheiaError("the probe needs at least one batch")
+    device = next(model.parameters()).device
+    blocks = _block_params(model)
+    n_layers = len(blocks)
+    saved_flags = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    model.eval()  # no dropout: the probe is a deterministic function of weights and batches
+    for p in model.parameters():
+        p.requires_grad_(False)
+    per_batch = [[0.0] * n_layers for _ in batches]
+    losses = [0.0] * len(batches)
+    start = time.perf_counter()
+    try:
+        if mode == "single-pass":
+            passes = _single_pass(model, blocks, batches, device, per_batch, losses, progress)
+        else:
+            passes = _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress)
+    finally:
+        for p, flag in saved_flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    scores = [sum(row[layer] for row in per_batch) for layer in range(n_layers)]
+    return ProbeResult(scores, per_batch, losses, mode, len(batches), seconds, passes)
+
+
+def _single_pass(model, blocks, batches, device, per_batch, losses, progress) -> int:
+    sq = torch.zeros(len(blocks), dtype=torch.float64, device=device)
+    handles = []
+
+    def make_hook(layer: int):
+        def hook(param: torch.Tensor) -> None:
+            sq[layer] += param.grad.detach().double().pow(2).sum()
+            param.grad = None  # free it now: gradient memory stays near one parameter's size
+        return hook
+
+    for layer, params in enumerate(blocks):
+        for p in params:
+            if p.is_floating_point():
+                p.requires_grad_(True)
+                handles.append(p.register_post_accumulate_grad_hook(make_hook(layer)))
+    try:
+        for b, batch in enumerate(tqdm(batches, desc="probe (single-pass)", disable=not progress)):
+            sq.zero_()
+            loss = _loss(model, batch, device)
+            loss.backward()
+            losses[b] = loss.item()
+            per_batch[b] = sq.sqrt().tolist()
+    finally:
+        for h in handles:
+            h.remove()
+    return len(batches)
+
+
+def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress) -> int:
+    n_chunks = math.ceil(len(blocks) / chunk_size)
+    bar = tqdm(total=n_chunks * len(batches), desc="probe (chunked)", disable=not progress)
+    for c in range(n_chunks):
+        chunk = range(c * chunk_size, min((c + 1) * chunk_size, len(blocks)))
+        for layer in chunk:
+            for p in blocks[layer]:
+                if p.is_floating_point():
+                    p.requires_grad_(True)
+        for b, batch in enumerate(batches):
+            loss = _loss(model, batch, device)
+            loss.backward()
+            losses[b] = loss.item()
+            for layer in chunk:
+                sq = sum(p.grad.detach().double().pow(2).sum() for p in blocks[layer] if p.grad is not None)
+                per_batch[b][layer] = float(torch.as_tensor(sq).sqrt())
+                for p in blocks[layer]:
+                    p.grad = None
+            bar.update(1)
+        for layer in chunk:
+            for p in blocks[layer]:
+                p.requires_grad_(False)
+    bar.close()
+    return n_chunks * len(batches)

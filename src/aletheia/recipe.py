@@ -1,0 +1,197 @@
+"""The recipes behind the CLI verbs: probe, train (one method) and compare (both, paired).
+
+Each reads top to bottom as the algorithm: load → probe → select → train → evaluate → save.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .architectures import get_architecture, num_layers
+from .config import RunConfig
+from .data import (Example, eval_batches, load_examples, probe_batches, split_examples,
+                   tokenize_examples)
+from .errors import AletheiaError
+from .evaluation.loss import exact_match_accuracy, heldout_loss
+from .lora import aletheia_lora_config, apply_lora, found_adapters, standard_lora_config, trainable_parameters
+from .models import load_model_and_tokenizer
+from .selection import Selection, SelectionContext, select_layers, write_probe_json
+from .train import train_lora
+from .utils import (atomic_write_text, git_revision, package_versions, resolve_device, resolve_dtype,
+                    set_seed, write_json)
+
+
+def log(msg: str) -> None:
+    print(f"aletheia: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Workspace:
+    """A loaded model with its data, tokenised and split with the run's seed."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    train_items: list
+    eval_items: list
+    eval_examples: list[Example]
+    device: torch.device
+    dtype: torch.dtype
+    model_path: str
+
+
+def prepare(cfg: RunConfig, device: str | None = None, examples: list[Example] | None = None) -> Workspace:
+    """Load the model and tokenizer, read and split the data, tokenise it."""
+    dev = resolve_device(device)
+    dtype = resolve_dtype(cfg.train.dtype, dev)
+    if examples is None:
+        examples = load_examples(cfg.data.path, cfg.data.bootstrap_size)
+    train_ex, eval_ex = split_examples(examples, cfg.data.eval_fraction, cfg.data.max_eval_examples, cfg.seed)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=dtype, device=dev)
+    get_architecture(model)  # fail early, with the list of supported types
+    train_items = tokenize_examples(tokenizer, train_ex, cfg.data.max_length)
+    eval_items = tokenize_examples(tokenizer, eval_ex, cfg.data.max_length)
+    if not train_items:
+        raise AletheiaError("no training example keeps a response token after tokenisation; raise --max-length")
+    return Workspace(model, tokenizer, train_items, eval_items, eval_ex, dev, dtype, model.aletheia_source)
+
+
+def probe_and_select(cfg: RunConfig, ws: Workspace, progress: bool = True) -> Selection:
+    """Draw the probe batches with the seed and run the configured selector."""
+    pad = ws.tokenizer.pad_token_id
+    batches = probe_batches(ws.train_items, cfg.probe.batches, cfg.probe.batch_size, cfg.seed, pad)
+    set_seed(cfg.seed)
+    ctx = SelectionContext(ws.model, batches, cfg.probe, cfg.seed, progress)
+    selection = select_layers(ctx)
+    n = selection.num_layers
+    log(f"selected {len(selection.layers)}/{n} layers {selection.layers} "
+        f"({selection.signal_kept:.0%} of the score) in {selection.seconds:.1f}s")
+    return selection
+
+
+def evaluate(cfg: RunConfig, ws: Workspace, model, progress: bool = True) -> dict:
+    """Held-out loss, plus exact-match accuracy for the bootstrap set."""
+    out = {"eval_loss": heldout_loss(model, eval_batches(ws.eval_items, 8, ws.tokenizer.pad_token_id), progress)}
+    if cfg.eval_accuracy_examples and cfg.data.path is None:
+        acc = exact_match_accuracy(model, ws.tokenizer, ws.eval_examples[: cfg.eval_accuracy_examples],
+                                   progress=progress)
+        out["accuracy"] = acc["accuracy"]
+        out["accuracy_samples"] = acc["samples"]
+    return out
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse to write over a finished run unless asked: results are never overwritten by accident."""
+    if (path / "summary.json").exists() or (path / "comparison.json").exists():
+        if not overwrite:
+            raise AletheiaError(f"{path} already holds a finished run; pass --overwrite or choose another --output")
+        shutil.rmtree(path)
+
+
+def run_probe_only(cfg: RunConfig, progress: bool = True, device: str | None = None) -> Selection:
+    """``aletheia probe``: scores and selection, written to ``OUTPUT/probe.json`` and a PNG."""
+    from .plots import plot_probe_scores
+
+    cfg.validate()
+    out = Path(cfg.output)
+    ws = prepare(cfg, device)
+    selection = probe_and_select(cfg, ws, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
+    plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    return selection
+
+
+def run_training(
+    cfg: RunConfig,
+    selection: Selection | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    overwrite: bool = False,
+    baseline: dict | None = None,
+) -> dict:
+    """Train one method and write its run folder; returns ``summary.json``'s content.
+
+    ``selection``: reuse a probe result (``compare`` probes once for both methods).
+    ``baseline``: reuse the base model's held-out metrics instead of recomputing them.
+    """
+    cfg.validate()
+    out = Path(cfg.output)
+    check_output(out, overwrite)
+
+    # load (before creating the run folder, so bad input leaves nothing behind)
+    set_seed(cfg.seed)
+    ws = prepare(cfg, device)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    arch = get_architecture(ws.model)
+    layers_total = num_layers(ws.model)
+
+    # probe and select (Aletheia only)
+    if cfg.method == "aletheia":
+        if selection is None:
+            selection = probe_and_select(cfg, ws, progress)
+        write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
+        lora_cfg = aletheia_lora_config(arch, selection.layers, cfg.adapter)
+    else:
+        lora_cfg = standard_lora_config(arch, layers_total, cfg.adapter)
+
+    # evaluate the base model (LoRA's B matrices start at zero, so this is the base model)
+    if baseline is None:
+        log("evaluating the base model")
+        baseline = evaluate(cfg, ws, ws.model, progress)
+
+    # build the adapters; the seed fixes their initialisation
+    set_seed(cfg.seed)
+    model = apply_lora(ws.model, lora_cfg)
+    n_trainable = trainable_parameters(model)
+    adapted_layers = sorted({layer for layer, _ in found_adapters(model, arch.layers_pattern)})
+    log(f"{cfg.method}: LoRA on {len(adapted_layers)}/{layers_total} layers, {n_trainable:,} trainable parameters")
+
+    # train
+    set_seed(cfg.seed)
+    result = train_lora(model, ws.train_items, cfg.train, cfg.seed, ws.tokenizer.pad_token_id,
+                        metrics_path=out / "metrics.jsonl", dtype=ws.dtype, progress=progress,
+                        label=f"train ({cfg.method})")
+    if result.status == "failed":
+        log(f"run failed: {result.failure['reason']}")
+
+    # evaluate and save
+    after = evaluate(cfg, ws, model, progress) if result.status == "completed" else {}
+    model.save_pretrained(out)
+    summary = {
+        "method": cfg.method,
+        "model": cfg.model or "default",
+        "model_path": ws.model_path,
+        "family": arch.family,
+        "seed": cfg.seed,
+        "steps": cfg.train.steps,
+        **result.to_dict(),
+        "trainable_params": n_trainable,
+        "num_layers": layers_total,
+        "adapted_layers": adapted_layers,
+        "selector": cfg.probe.selector if cfg.method == "aletheia" else None,
+        "probe_seconds": selection.seconds if (selection and cfg.method == "aletheia") else None,
+        "eval_loss_before": baseline.get("eval_loss"),
+        "eval_loss_after": after.get("eval_loss"),
+        "accuracy_before": baseline.get("accuracy"),
+        "accuracy_after": after.get("accuracy"),
+        "eval_examples": len(ws.eval_items),
+        "train_examples": len(ws.train_items),
+        "device": str(ws.device),
+        "dtype": str(ws.dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if "accuracy_samples" in after:
+        write_json(out / "accuracy_samples.json", after["accuracy_samples"])
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,152 @@
+"""The training loop shared by standard LoRA and Aletheia: the same recipe for both (paper §3.4).
+
+AdamW, linear warmup then cosine decay, gradient accumulation, global-norm clipping, a fixed number
+of optimizer steps. A non-finite loss ends the run with status ``failed`` and the step and reason,
+rather than a crash (the paper's Pythia fp16 case).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .config import TrainConfig
+from .data import train_batches
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" or "failed"
+    steps_done: int
+    train_seconds: float
+    median_step_seconds: float
+    tokens_per_second: float
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    final_loss: float | None
+    losses: list[float] = field(default_factory=list)
+    failure: dict | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("losses")
+        return d
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """Peak memory: allocated CUDA bytes on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return int(rss_kb * (1 if sys.platform == "darwin" else 1024)), "process_max_rss"
+
+
+def train_lora(
+    model: nn.Module,
+    items: list[dict[str, list[int]]],
+    cfg: TrainConfig,
+    seed: int,
+    pad_id: int,
+    metrics_path: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    label: str = "train",
+) -> TrainResult:
+    """Train the trainable (adapter) parameters of ``model`` for ``cfg.steps`` optimizer steps."""
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)
+    use_amp = dtype in (torch.float16, torch.bfloat16) and device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=dtype) if use_amp else nullcontext()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
+    batches = train_batches(items, cfg.batch_size, seed, pad_id)
+    metrics = open(metrics_path, "w") if metrics_path else None
+    writer = _tensorboard(metrics_path) if cfg.tensorboard and metrics_path else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    model.train()
+    step_times, losses, tokens, failure = [], [], 0, None
+    bar = tqdm(total=cfg.steps, desc=label, disable=not progress)
+    start = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        step_loss = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = {k: v.to(device) for k, v in next(batches).items()}
+            with autocast:
+                loss = model(**batch).loss / cfg.grad_accum
+            if not torch.isfinite(loss):
+                failure = {"step": step, "reason": f"non-finite loss ({loss.item()}) at step {step}"}
+                break
+            scaler.scale(loss).backward()
+            step_loss += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+        if failure:
+            optimizer.zero_grad(set_to_none=True)
+            break
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # honest step times: wait for the GPU
+        dt = time.perf_counter() - t0
+        step_times.append(dt)
+        losses.append(step_loss)
+        record = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                  "grad_norm": float(grad_norm), "step_seconds": dt}
+        if metrics:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+        if writer:
+            for key in ("loss", "lr", "grad_norm", "step_seconds"):
+                writer.add_scalar(f"train/{key}", record[key], step)
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+    train_seconds = time.perf_counter() - start
+    bar.close()
+    if metrics:
+        metrics.close()
+    if writer:
+        writer.close()
+    mem, kind = peak_memory(device)
+    return TrainResult(
+        status="failed" if failure else "completed",
+        steps_done=len(step_times),
+        train_seconds=train_seconds,
+        median_step_seconds=statistics.median(step_times) if step_times else math.nan,
+        tokens_per_second=tokens / train_seconds if train_seconds > 0 else 0.0,
+        peak_memory_bytes=mem,
+        peak_memory_kind=kind,
+        final_loss=losses[-1] if losses else None,
+        losses=losses,
+        failure=failure,
+    )
+
+
+def _tensorboard(metrics_path: str | Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("aletheia: tensorboard is not installed; metrics go to metrics.jsonl only", file=sys.stderr)
+        return None
+    return SummaryWriter(str(Path(metrics_path).parent / "tensorboard"))
