@@ -132,6 +132,7 @@ def run_training(
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
     arch = get_architecture(ws.model)
     layers_total = num_layers(ws.model)
+    base_params = sum(p.numel() for p in ws.model.parameters())  # before LoRA adds any
 
     # probe and select (Aletheia only)
     if cfg.method == "aletheia":
@@ -175,6 +176,7 @@ def run_training(
         **result.to_dict(),
         "trainable_params": n_trainable,
         "num_layers": layers_total,
+        "base_params": base_params,
         "adapted_layers": adapted_layers,
         "selector": cfg.probe.selector if cfg.method == "aletheia" else None,
         "probe_seconds": selection.seconds if (selection and cfg.method == "aletheia") else None,
