@@ -2,11 +2,17 @@
 
 PEFT silently skips target modules it cannot match, so after ``get_peft_model`` we compare the
 adapters that exist against the ones we asked for (layer, module, rank) and fail loudly on any gap.
+
+Mixture-of-experts blocks: the experts of transformers-5 Mixtral are fused 3-D parameters, which PEFT
+reaches through ``target_parameters``. PEFT 0.21 applies those to every layer regardless of
+``layers_to_transform``, so we name each selected layer's expert parameters by full path.
+PEFT cannot apply dropout to a parameter adapter, so such a config uses ``lora_dropout=0``.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -16,6 +22,14 @@ from .config import AdapterConfig
 from .errors import AletheiaError
 
 
+def _dropout(arch: Architecture, targets_parameters: bool, dropout: float) -> float:
+    if targets_parameters and dropout:
+        print(f"aletheia: {arch.family}: LoRA dropout {dropout} -> 0 (PEFT cannot apply dropout to the "
+              "3-D expert parameters)", file=sys.stderr)
+        return 0.0
+    return dropout
+
+
 def aletheia_lora_config(
     arch: Architecture, layers: list[int], adapter: AdapterConfig | None = None
 ) -> LoraConfig:
@@ -23,25 +37,27 @@ def aletheia_lora_config(
     a = adapter or AdapterConfig()
     if not layers:
         raise AletheiaError("no layers selected: selective LoRA needs at least one layer")
-    attn, mlp = list(arch.attention), list(arch.mlp)
+    mlp = list(arch.mlp) + list(arch.experts)
     targets = arch.target_modules(a.modules)
+    parameters = arch.target_parameters(layers, a.modules)
     base_rank = a.mlp_rank if a.modules == "mlp" else a.attention_rank
     rank_pattern, alpha_pattern = {}, {}
     if a.modules == "both" and a.mlp_rank != a.attention_rank:
         for name in mlp:
             rank_pattern[name] = a.mlp_rank
             alpha_pattern[name] = a.alpha_ratio * a.mlp_rank
-    del attn
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=base_rank,
         lora_alpha=a.alpha_ratio * base_rank,
-        lora_dropout=a.dropout,
+        lora_dropout=_dropout(arch, bool(parameters), a.dropout),
         target_modules=targets,
+        target_parameters=parameters or None,
         layers_to_transform=sorted(layers),
         layers_pattern=arch.layers_pattern,
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
+        fan_in_fan_out=arch.fan_in_fan_out,
         bias="none",
     )
 
@@ -49,46 +65,86 @@ def aletheia_lora_config(
 def standard_lora_config(arch: Architecture, num_layers: int, adapter: AdapterConfig | None = None) -> LoraConfig:
     """The baseline: attention + MLP of every layer, one rank (r=16, alpha=32 by default)."""
     a = adapter or AdapterConfig()
+    parameters = arch.target_parameters(list(range(num_layers)))
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=a.standard_rank,
         lora_alpha=a.alpha_ratio * a.standard_rank,
-        lora_dropout=a.dropout,
+        lora_dropout=_dropout(arch, bool(parameters), a.dropout),
         target_modules=arch.target_modules("both"),
+        target_parameters=parameters or None,
         layers_to_transform=list(range(num_layers)),
         layers_pattern=arch.layers_pattern,
+        fan_in_fan_out=arch.fan_in_fan_out,
         bias="none",
     )
 
 
+def _layers_pattern(config: LoraConfig) -> str:
+    lp = config.layers_pattern
+    return lp if isinstance(lp, str) else lp[0]
+
+
+def _in_block(path: str, layers_pattern: str) -> tuple[int, str]:
+    """(layer index, path inside the block) of a module or parameter path; layer -1 outside blocks."""
+    m = re.search(rf"(?:^|\.){re.escape(layers_pattern)}\.(\d+)\.", path)
+    if not m:
+        return -1, path
+    return int(m.group(1)), path[m.end():]
+
+
+def _rank(config: LoraConfig, name: str) -> int:
+    for key, rank in config.rank_pattern.items():  # PEFT's rule: the key matches the name's tail
+        if re.match(rf"(.*\.)?({key})$", name):
+            return rank
+    return config.r
+
+
 def expected_adapters(config: LoraConfig) -> dict[tuple[int, str], int]:
-    """(layer, module) -> rank that ``config`` asks for."""
+    """(layer, module) -> rank that ``config`` asks for; expert parameters count as modules."""
     out = {}
     for layer in config.layers_to_transform:
-        for name in config.target_modules:
-            out[(layer, name)] = config.rank_pattern.get(name, config.r)
+        for name in config.target_modules or ():
+            out[(layer, name)] = _rank(config, name)
+    for path in config.target_parameters or ():
+        layer, name = _in_block(path, _layers_pattern(config))
+        out[(layer, name)] = _rank(config, name)
     return out
 
 
-def found_adapters(model: nn.Module, layers_pattern: str, adapter_name: str = "default") -> dict[tuple[int, str], int]:
-    """(layer, module) -> rank of every LoRA layer actually present in ``model``."""
+def _target_names(config: LoraConfig) -> list[str]:
+    names = list(config.target_modules or ())
+    names += [_in_block(p, _layers_pattern(config))[1] for p in config.target_parameters or ()]
+    return names
+
+
+def found_adapters(
+    model: nn.Module, layers_pattern: str, adapter_name: str = "default", targets: list[str] | None = None
+) -> dict[tuple[int, str], int]:
+    """(layer, module) -> rank of every LoRA layer actually present in ``model``.
+
+    A module is named by its leaf (``q_proj``), or with ``targets`` by the target name it matches
+    (``attn.c_proj``); a parameter adapter by its path inside the block (``mlp.experts.down_proj``).
+    """
     from peft.tuners.lora import LoraLayer
 
-    pattern = re.compile(rf"(?:^|\.){re.escape(layers_pattern)}\.(\d+)\.")
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and adapter_name in getattr(module, "r", {}):
-            m = pattern.search(name)
-            layer = int(m.group(1)) if m else -1
-            out[(layer, name.rsplit(".", 1)[-1])] = module.r[adapter_name]
+            path = name.replace(".base_layer", "")  # nested wrappers (two parameters of one module)
+            param = getattr(module, "parameter_name", None)
+            layer, inner = _in_block(path + (f".{param}" if param else ""), layers_pattern)
+            key = inner if param else path.rsplit(".", 1)[-1]
+            if targets is not None:
+                key = next((t for t in targets if inner == t or inner.endswith("." + t)), inner)
+            out[(layer, key)] = module.r[adapter_name]
     return out
 
 
 def verify_adapters(model: nn.Module, config: LoraConfig) -> None:
     """Raise if the adapters in ``model`` differ from what ``config`` asked for."""
     want = expected_adapters(config)
-    got = found_adapters(model, config.layers_pattern if isinstance(config.layers_pattern, str)
-                         else config.layers_pattern[0])
+    got = found_adapters(model, _layers_pattern(config), targets=_target_names(config))
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
