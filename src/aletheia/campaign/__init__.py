@@ -1,0 +1,17 @@
+"""Campaigns: paired multi-seed experiments (models × seeds × recipes), on one machine or a cluster.
+
+A spec (``CampaignSpec``, YAML) expands into one job per (model, seed, recipe, budget); ``run_one``
+trains a job into its own folder and writes its record; an executor (``local``, ``ray``, ``slurm``)
+maps ``run_one`` over the jobs; ``results.csv`` and the report are rebuilt from the records.
+"""
+
+from .executors import EXECUTORS, Executor, get_executor, register_executor
+from .runner import (RunJob, campaign_status, failure_record, load_campaign, plan_jobs, read_record,
+                     run_campaign, run_one)
+from .spec import CampaignSpec, EvalSuiteConfig, ExecutorConfig, ModelSpec, RecipeSpec, load_spec
+
+__all__ = [
+    "CampaignSpec", "ModelSpec", "RecipeSpec", "EvalSuiteConfig", "ExecutorConfig", "load_spec",
+    "RunJob", "plan_jobs", "run_one", "run_campaign", "campaign_status", "read_record", "failure_record",
+    "load_campaign", "EXECUTORS", "Executor", "get_executor", "register_executor",
+]

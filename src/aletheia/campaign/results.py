@@ -1,0 +1,123 @@
+"""``results.csv``: one row per run, identified by (model, seed, recipe, budget), built from the records.
+
+Paired columns compare a run with the standard run of the same model and seed:
+``time_ratio`` = standard time / this run's time, ``speedup_pct`` = 100 × (1 − this time / standard
+time); benchmark ``*_delta`` = fine-tuned − base (percentage points); ``extra_forgetting`` = this run's
+MMLU delta − the standard run's MMLU delta (the paper's Table 3: positive means this recipe forgot
+less); ``gsm8k_extra`` / ``humaneval_extra`` likewise; ``eval_loss_vs_standard`` = this run's
+held-out loss − the standard run's (positive means worse). Empty cells mean "not measured".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from ..utils import atomic_write_text
+
+BENCHMARKS = ("mmlu", "gsm8k", "humaneval")
+COLUMNS = [
+    "model", "family", "parameters", "layers", "selected_layers", "n_selected", "seed", "recipe", "budget",
+    "steps", "status", "reason", "train_seconds", "speedup_pct", "time_ratio", "probe_seconds",
+    "trainable_params", "eval_loss_before", "eval_loss", "eval_loss_vs_standard",
+    *[f"{b}_{k}" for b in BENCHMARKS for k in ("base", "ft", "delta")],
+    "extra_forgetting", "gsm8k_extra", "humaneval_extra", "run_id",
+]
+INT_COLS = {"parameters", "layers", "n_selected", "seed", "steps", "trainable_params"}
+TEXT_COLS = {"model", "family", "selected_layers", "recipe", "status", "reason", "run_id"}
+RECIPE_ORDER = {"standard": 0, "aletheia": 1, "compute_matched": 2, "budget_sweep": 3}
+
+
+def load_records(campaign_dir: str | Path) -> list[dict]:
+    """Every finished run's record (``runs/*/record.json``)."""
+    out = []
+    for path in sorted(Path(campaign_dir, "runs").glob("*/record.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def build_rows(records: list[dict], model_order: list[str] | None = None) -> list[dict]:
+    """The table rows: each record plus the columns paired with its standard run."""
+    std = {(r["model"], r["seed"]): r for r in records if r["recipe"] == "standard"}
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {c: r.get(c) for c in COLUMNS}
+        layers = r.get("selected_layers")
+        row["selected_layers"] = " ".join(map(str, layers)) if layers else None
+        row["n_selected"] = len(layers) if layers else None
+        for b in BENCHMARKS:
+            row[f"{b}_delta"] = _sub(r.get(f"{b}_ft"), r.get(f"{b}_base"))
+        ok = r.get("status") == "completed"
+        s = std.get((r["model"], r["seed"]))
+        paired = ok and s is not None and s.get("status") == "completed" and r["recipe"] != "standard"
+        if paired:
+            if r.get("train_seconds") and s.get("train_seconds"):
+                row["time_ratio"] = s["train_seconds"] / r["train_seconds"]
+                row["speedup_pct"] = 100.0 * (1.0 - r["train_seconds"] / s["train_seconds"])
+            row["eval_loss_vs_standard"] = _sub(r.get("eval_loss"), s.get("eval_loss"))
+            std_delta = {b: _sub(s.get(f"{b}_ft"), s.get(f"{b}_base")) for b in BENCHMARKS}
+            row["extra_forgetting"] = _sub(row["mmlu_delta"], std_delta["mmlu"])
+            row["gsm8k_extra"] = _sub(row["gsm8k_delta"], std_delta["gsm8k"])
+            row["humaneval_extra"] = _sub(row["humaneval_delta"], std_delta["humaneval"])
+        rows.append(row)
+    order = {m: i for i, m in enumerate(model_order or [])}
+    rows.sort(key=lambda r: (order.get(r["model"], len(order)), r["model"], r["seed"],
+                             RECIPE_ORDER.get(r["recipe"], 9), r["budget"] if r["budget"] is not None else -1))
+    return rows
+
+
+def _sub(a, b):
+    return None if a is None or b is None else a - b
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
+    return buf.getvalue()
+
+
+def _cell(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def write_results_csv(campaign_dir: str | Path) -> list[dict]:
+    """Rebuild ``results.csv`` from the records (atomically) and return its rows."""
+    from .runner import SPEC_FILE, load_campaign
+
+    campaign_dir = Path(campaign_dir)
+    order = [m.key for m in load_campaign(campaign_dir).models] if (campaign_dir / SPEC_FILE).is_file() else None
+    rows = build_rows(load_records(campaign_dir), order)
+    atomic_write_text(campaign_dir / "results.csv", to_csv(rows))
+    return rows
+
+
+def read_results_csv(path: str | Path) -> list[dict]:
+    """Read ``results.csv`` back with numbers as numbers and empty cells as None."""
+    rows = []
+    with open(path, newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if v == "" or v is None:
+                    row[k] = None
+                elif k in TEXT_COLS:
+                    row[k] = v
+                elif k in INT_COLS:
+                    row[k] = int(float(v))
+                else:
+                    row[k] = float(v)
+            rows.append(row)
+    return rows

@@ -1,0 +1,447 @@
+"""The campaign runner: expand a spec into jobs, run each job into its own folder, resume after a kill.
+
+One job is one (model, seed, recipe, budget). ``run_one(job)`` trains it with
+``aletheia.recipe.run_training`` into ``CAMPAIGN/runs/RUN_ID/`` and writes ``record.json`` there,
+atomically, as its very last step: a run is finished exactly when its record exists. Everything else
+(``results.csv``, the report) is derived from the records, so a campaign killed at any moment and
+started again loses nothing and duplicates nothing: finished runs are skipped, a half-done run's
+folder is cleared and the run starts over. ``run_one`` never raises for a failed run (non-finite loss,
+out of memory, any error): the record says ``failed`` with the reason, and the campaign goes on.
+
+Per (model, seed) the runner shares, under ``CAMPAIGN/shared/MODEL/seed-SEED/``, the probe scores
+(probed once, reused by every Aletheia-type recipe at any budget: the scores do not depend on the
+budget) and the base model's held-out metrics. Benchmarks on the base model are shared per model.
+
+The API for tools built on the runner (e.g. a recipe search):
+
+- ``plan_jobs(spec, campaign_dir) -> list[RunJob]``
+- ``run_one(job) -> record`` (picklable job, plain-dict record; safe to call in any process)
+- ``get_executor(cfg, campaign_dir).map(run_one, jobs, on_event) -> list[record]``
+- ``run_campaign(spec, campaign_dir) -> list[row]`` does all of it and writes ``results.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import RunConfig
+from ..errors import AletheiaError
+from ..utils import atomic_write_text, write_json
+from .executors import get_executor
+from .models import materialize_model
+from .spec import DEFAULT_FACTOR, CampaignSpec, ModelSpec
+
+SPEC_FILE = "campaign.yaml"
+RECORD_FILE = "record.json"
+STARTED_FILE = "started.json"
+# the score each benchmark reports as its headline number (run_suite's keys), shown in percent
+BENCHMARK_METRICS = {"mmlu": "accuracy", "gsm8k": "strict_match", "humaneval": "pass@1"}
+
+
+@dataclass
+class RunJob:
+    """Everything one run needs, as plain data (it travels to Ray workers and Slurm jobs)."""
+
+    run_id: str
+    campaign_dir: str
+    model: str
+    """The model's key (label): folder names, tables."""
+    model_id: str
+    """The spec's id: hub id, folder, ``default`` or ``random:FAMILY[:LAYERS]``."""
+    seed: int
+    recipe: str
+    budget: float | None
+    """Share of layers kept (None for standard)."""
+    config: dict[str, Any]
+    """The ``RunConfig`` of this run (method, seed, steps, fraction and output already set)."""
+    match: str | None = None
+    """``wallclock``: steps are decided at run time from the paired standard and aletheia runs."""
+    benchmarks: list[str] = field(default_factory=list)
+    eval_options: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    gpus: float = 0.0
+    reuse_probe: bool = True
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.campaign_dir) / "runs" / self.run_id
+
+    @property
+    def key(self) -> tuple:
+        """The identity of the run's row in results.csv."""
+        return (self.model, self.seed, self.recipe, self.budget)
+
+    @property
+    def phase(self) -> int:
+        """Wall-clock matched runs need their paired runs' times, so they go in a second wave."""
+        return 1 if self.match == "wallclock" else 0
+
+    @property
+    def label(self) -> str:
+        b = "" if self.budget is None else f"@{self.budget:g}"
+        return f"{self.model} seed {self.seed} {self.recipe}{b}"
+
+
+def run_id(model: str, seed: int, recipe: str, budget: float | None) -> str:
+    return f"{model}__seed{seed}__{recipe}" + ("" if budget is None else f"__b{budget * 100:g}")
+
+
+def plan_jobs(spec: CampaignSpec, campaign_dir: str | Path) -> list[RunJob]:
+    """One job per model × seed × recipe × budget, standard first, wall-clock matched runs last."""
+    spec.validate()
+    campaign_dir = str(Path(campaign_dir))
+    jobs = []
+    for m in spec.models:
+        for seed in spec.seeds:
+            for recipe in spec.recipes:
+                for budget in recipe.run_budgets():
+                    jobs.append(_job(spec, m, seed, recipe, budget, campaign_dir))
+    return sorted(jobs, key=lambda j: j.phase)  # stable: spec order within a phase
+
+
+def _job(spec: CampaignSpec, m: ModelSpec, seed: int, recipe, budget, campaign_dir: str) -> RunJob:
+    rid = run_id(m.key, seed, recipe.name, budget)
+    cfg = RunConfig(model=m.id, method="standard" if recipe.name == "standard" else "aletheia", seed=seed,
+                    output=str(Path(campaign_dir) / "runs" / rid),
+                    eval_accuracy_examples=spec.eval.accuracy_examples,
+                    data=spec.data.replace(), probe=spec.probe.replace(layers=_copy(spec.probe.layers)),
+                    adapter=spec.adapter.replace(), train=spec.train.replace(betas=list(spec.train.betas)))
+    if budget is not None:
+        cfg.probe.fraction = budget
+    if m.batch_size:
+        cfg.train.batch_size = cfg.probe.batch_size = m.batch_size
+    if m.lr:
+        cfg.train.lr = m.lr
+    if m.dtype:
+        cfg.train.dtype = m.dtype
+    match = None
+    if recipe.name == "compute_matched":
+        if recipe.match == "wallclock":
+            match = "wallclock"
+        else:
+            cfg.train.steps = max(1, round(spec.train.steps * (recipe.factor or DEFAULT_FACTOR)))
+    return RunJob(run_id=rid, campaign_dir=campaign_dir, model=m.key, model_id=m.id, seed=seed,
+                  recipe=recipe.name, budget=budget, config=cfg.to_dict(), match=match,
+                  benchmarks=list(spec.eval.benchmarks), eval_options=dict(spec.eval.options),
+                  device=spec.device, gpus=m.gpus if m.gpus is not None else spec.executor.gpus_per_run,
+                  reuse_probe=spec.probe.selector == "gradient-norm")
+
+
+def _copy(x):
+    return list(x) if x is not None else None
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+def read_record(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / RECORD_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # cannot happen with atomic writes; treat as not finished
+
+
+def failure_record(job: RunJob, reason: str, **extra: Any) -> dict:
+    """The record of a run that did not complete: identity, ``failed`` and the reason."""
+    return {"run_id": job.run_id, "model": job.model, "model_id": job.model_id, "seed": job.seed,
+            "recipe": job.recipe, "budget": job.budget, "steps": job.config["train"]["steps"],
+            "status": "failed", "reason": reason, "finished_at": _now(), **extra}
+
+
+def run_one(job: RunJob) -> dict:
+    """Run one job into its folder and return its record; a finished run returns its saved record.
+
+    Never raises for a failed run: the error becomes the record's ``reason`` (the traceback goes to
+    ``error.txt``). ``KeyboardInterrupt`` and kills leave no record, so the run is redone next time.
+    """
+    rd = job.run_dir
+    done = read_record(rd)
+    if done is not None:
+        return done
+    if rd.exists():  # an interrupted attempt: start clean so no stale file survives
+        shutil.rmtree(rd)
+    rd.mkdir(parents=True)
+    write_json(rd / STARTED_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now(),
+                                   "started_unix": time.time()})
+    start = time.perf_counter()
+    with open(rd / "log.txt", "w") as logfile, contextlib.redirect_stderr(logfile):
+        try:
+            record = _execute(job)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, the campaign goes on
+            (rd / "error.txt").write_text(traceback.format_exc())
+            record = failure_record(job, _reason(exc))
+    record["wall_seconds"] = round(time.perf_counter() - start, 3)
+    write_json(rd / RECORD_FILE, record)  # atomic, and last: from here on the run counts as done
+    (rd / STARTED_FILE).unlink(missing_ok=True)
+    return record
+
+
+def _reason(exc: BaseException) -> str:
+    import torch
+
+    msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in msg.lower():
+        return f"out of memory: {msg}"
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _execute(job: RunJob) -> dict:
+    """load → (reuse the probe) → train → evaluate → record: run_training does the work."""
+    from ..recipe import run_training
+
+    cfg: RunConfig = RunConfig.from_dict(job.config)  # type: ignore[assignment]
+    model_path = materialize_model(ModelSpec(id=job.model_id), job.campaign_dir)
+    cfg.model = model_path
+    shared = Path(job.campaign_dir) / "shared" / job.model / f"seed-{job.seed}"
+    notes = []
+
+    if job.match == "wallclock":
+        steps, why = wallclock_steps(job)
+        if steps is None:
+            return failure_record(job, why)
+        cfg.train.steps = steps
+        notes.append(why)
+
+    selection = None
+    if cfg.method == "aletheia" and job.reuse_probe:
+        selection = load_shared_selection(shared / "probe.json", cfg)
+    baseline = _read_json(shared / "baseline.json")
+
+    summary = run_training(cfg, selection=selection, progress=False, device=job.device,
+                           overwrite=True, baseline=baseline)
+
+    if cfg.method == "aletheia" and selection is None and (job.run_dir / "probe.json").is_file():
+        shared.mkdir(parents=True, exist_ok=True)
+        probe = json.loads((job.run_dir / "probe.json").read_text())
+        write_json(shared / "probe.json", {**probe, "probed_by": job.run_id})
+    if baseline is None and summary.get("eval_loss_before") is not None:
+        write_json(shared / "baseline.json", {"eval_loss": summary["eval_loss_before"],
+                                              "accuracy": summary.get("accuracy_before")})
+
+    failure = summary.get("failure") or {}
+    record = {
+        "run_id": job.run_id, "model": job.model, "model_id": job.model_id,
+        "model_path": summary.get("model_path"), "family": summary.get("family"),
+        "parameters": summary.get("base_params"), "layers": summary.get("num_layers"),
+        "selected_layers": summary.get("adapted_layers"), "seed": job.seed, "recipe": job.recipe,
+        "budget": job.budget, "steps": cfg.train.steps, "steps_done": summary.get("steps_done"),
+        "status": summary["status"], "reason": failure.get("reason"),
+        "train_seconds": summary.get("train_seconds"),
+        "median_step_seconds": _finite(summary.get("median_step_seconds")),
+        "probe_seconds": summary.get("probe_seconds"), "probe_reused": selection is not None,
+        "trainable_params": summary.get("trainable_params"),
+        "eval_loss_before": summary.get("eval_loss_before"), "eval_loss": summary.get("eval_loss_after"),
+        "accuracy_before": summary.get("accuracy_before"), "accuracy": summary.get("accuracy_after"),
+        "peak_memory_bytes": summary.get("peak_memory_bytes"), "device": summary.get("device"),
+        "dtype": summary.get("dtype"), "finished_at": _now(), "notes": notes,
+    }
+    if job.benchmarks and record["status"] == "completed":
+        record.update(_benchmarks(job, model_path, cfg, notes))
+    return record
+
+
+def wallclock_steps(job: RunJob) -> tuple[int | None, str]:
+    """Steps that fill the paired standard run's training time at the paired Aletheia run's pace."""
+    runs = Path(job.campaign_dir) / "runs"
+    std = read_record(runs / run_id(job.model, job.seed, "standard", None))
+    ale = read_record(runs / run_id(job.model, job.seed, "aletheia", job.budget))
+    for name, rec in (("standard", std), ("aletheia", ale)):
+        if rec is None or rec.get("status") != "completed" or not rec.get("train_seconds"):
+            return None, f"cannot match wall-clock: the paired {name} run did not complete"
+    per_step = ale["train_seconds"] / max(1, ale["steps_done"] or ale["steps"])
+    steps = max(1, round(std["train_seconds"] / per_step))
+    return steps, (f"wall-clock matched: {steps} steps = standard {std['train_seconds']:.2f}s / "
+                   f"aletheia {per_step:.4f}s per step")
+
+
+def load_shared_selection(path: Path, cfg: RunConfig):
+    """Rebuild a Selection at this run's budget from probe scores saved by an earlier run."""
+    from ..selection import Selection, top_fraction
+
+    probe = _read_json(path)
+    if probe is None or probe.get("selector") != cfg.probe.selector:
+        return None
+    scores = probe["scores"]
+    layers = top_fraction(scores, cfg.probe.fraction)
+    details = {"probe_reused_from": probe.get("probed_by")}
+    if cfg.probe.layers is not None:
+        details["probe_selected_layers"], layers = layers, sorted(set(cfg.probe.layers))
+    return Selection(probe["selector"], scores, layers, cfg.probe.fraction, probe.get("seconds", 0.0),
+                     details=details)
+
+
+def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list[str]) -> dict:
+    """Benchmark scores (percent) of the base model (once per model) and of this run's adapter."""
+    out: dict[str, Any] = {}
+    try:
+        from ..evaluation.suite import EvalConfig, run_suite
+        from ..models import load_model_and_tokenizer
+        from ..utils import resolve_device
+
+        eval_cfg = EvalConfig.from_dict({**job.eval_options, "tasks": list(job.benchmarks)})
+        device = resolve_device(job.device)
+        base_file = Path(job.campaign_dir) / "shared" / job.model / "benchmarks_base.json"
+        base = _read_json(base_file)
+        if base is None:
+            model, tok = load_model_and_tokenizer(model_path, device=device)
+            base = run_suite(model, tok, list(job.benchmarks), eval_cfg, progress=False)
+            write_json(base_file, base)
+            del model
+        from peft import PeftModel
+
+        model, tok = load_model_and_tokenizer(model_path, device=device)
+        model = PeftModel.from_pretrained(model, str(job.run_dir))
+        tuned = run_suite(model, tok, list(job.benchmarks), eval_cfg, progress=False)
+        write_json(job.run_dir / "benchmarks.json", tuned)
+    except Exception as exc:  # noqa: BLE001 - a benchmark problem must not lose the training result
+        notes.append(f"benchmarks not measured: {_reason(exc)}")
+        return out
+    for task in job.benchmarks:
+        metric = BENCHMARK_METRICS.get(task)
+        if metric is None:
+            continue
+        b, t = _score(base.get(task), metric), _score(tuned.get(task), metric)
+        out[f"{task}_base"], out[f"{task}_ft"] = b, t
+    return out
+
+
+def _score(result: Any, metric: str) -> float | None:
+    if not isinstance(result, dict) or result.get(metric) is None:
+        return None
+    return 100.0 * float(result[metric])
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _finite(x):
+    return x if isinstance(x, (int, float)) and x == x and abs(x) != float("inf") else None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# --- the whole campaign -------------------------------------------------------------------------
+
+def _comparable(spec: CampaignSpec) -> dict:
+    """What must not change between a campaign's runs (where and how they execute may change)."""
+    d = spec.to_dict()
+    for key in ("output", "executor", "name", "description"):
+        d.pop(key, None)
+    return d
+
+
+def init_campaign_dir(spec: CampaignSpec, campaign_dir: Path) -> None:
+    """Save the spec in the folder, or check that a resumed campaign uses the same one."""
+    saved = campaign_dir / SPEC_FILE
+    if saved.is_file():
+        old = CampaignSpec.from_dict(yaml.safe_load(saved.read_text()))
+        if _comparable(old) != _comparable(spec):  # type: ignore[arg-type]
+            raise AletheiaError(
+                f"{campaign_dir} holds a campaign with a different spec ({saved}); resume it with the "
+                "same spec, or pass --output with a new folder")
+    campaign_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, spec.to_yaml())
+
+
+def load_campaign(campaign_dir: str | Path) -> CampaignSpec:
+    saved = Path(campaign_dir) / SPEC_FILE
+    if not saved.is_file():
+        raise AletheiaError(f"{campaign_dir} is not a campaign folder (no {SPEC_FILE}); "
+                            "start one with: aletheia campaign run SPEC --output DIR")
+    spec = CampaignSpec.from_dict(yaml.safe_load(saved.read_text()))
+    return spec.validate()  # type: ignore[return-value]
+
+
+def run_campaign(spec: CampaignSpec, campaign_dir: str | Path | None = None, progress: bool = True,
+                 retry_failed: bool = False) -> list[dict]:
+    """Run every unfinished job of the campaign with its executor, then write ``results.csv``."""
+    from .progress import ProgressView
+    from .results import write_results_csv
+
+    spec.validate()
+    out = Path(campaign_dir or spec.output)
+    init_campaign_dir(spec, out)
+    jobs = plan_jobs(spec, out)
+    for m in spec.models:  # build random models once, here, not in every worker
+        materialize_model(m, out)
+    if retry_failed:
+        for job in jobs:
+            rec = read_record(job.run_dir)
+            if rec is not None and rec.get("status") != "completed":
+                (job.run_dir / RECORD_FILE).unlink()
+    records = {job.run_id: read_record(job.run_dir) for job in jobs}
+    todo = [job for job in jobs if records[job.run_id] is None]
+    view = ProgressView(total=len(jobs), already=[r for r in records.values() if r], enabled=progress,
+                        on_done=lambda: write_results_csv(out))
+    executor = get_executor(spec.executor, out)
+    for phase in (0, 1):
+        wave = [job for job in todo if job.phase == phase]
+        if not wave:
+            continue
+        for job, record in zip(wave, executor.map(run_one, wave, view.event)):
+            if read_record(job.run_dir) is None:  # the executor lost the job: record why
+                write_json(job.run_dir / RECORD_FILE, record)
+    view.close()
+    return write_results_csv(out)
+
+
+def campaign_status(campaign_dir: str | Path) -> dict:
+    """Done / running / failed / pending counts, time so far and an estimate of the time left."""
+    out = Path(campaign_dir)
+    spec = load_campaign(out)
+    jobs = plan_jobs(spec, out)
+    state: dict[str, list[str]] = {"completed": [], "failed": [], "running": [], "interrupted": [],
+                                   "pending": []}
+    durations, starts = [], []
+    for job in jobs:
+        rec = read_record(job.run_dir)
+        if rec is not None:
+            state["completed" if rec.get("status") == "completed" else "failed"].append(job.label)
+            if rec.get("wall_seconds"):
+                durations.append(rec["wall_seconds"])
+            continue
+        started = _read_json(job.run_dir / STARTED_FILE)
+        if started is None:
+            state["pending"].append(job.label)
+        elif started.get("host") == socket.gethostname() and not _alive(started.get("pid")):
+            state["interrupted"].append(job.label)
+        else:
+            state["running"].append(job.label)
+            starts.append(started.get("started_unix", time.time()))
+    left = len(state["pending"]) + len(state["running"]) + len(state["interrupted"])
+    mean = sum(durations) / len(durations) if durations else None
+    return {"campaign": spec.name, "folder": str(out), "total": len(jobs),
+            **{k: len(v) for k, v in state.items()}, "runs": state,
+            "seconds_so_far": round(sum(durations), 1),
+            "estimate_left_seconds": round(mean * left, 1) if mean is not None else None}
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+__all__ = ["RunJob", "plan_jobs", "run_one", "run_campaign", "campaign_status", "read_record",
+           "failure_record", "load_campaign", "run_id"]

@@ -1,0 +1,303 @@
+"""The campaign spec: models × seeds × recipes, the shared training settings, evaluation, executor.
+
+A campaign is data (paper §4.5): the spec names what to run; the runner expands it into one job per
+(model, seed, recipe, budget), each with its own run folder and result record. The spec is a typed
+``_Config`` like every other stage: unknown keys are rejected, ``validate`` lists every problem at
+once, and it round-trips through YAML. Strings are accepted as shorthand for models and recipes
+(``- aletheia`` is ``- {name: aletheia}``); ``to_dict`` always writes the full form.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import AdapterConfig, DataConfig, ProbeConfig, TrainConfig, _Config
+from ..errors import ConfigError
+
+RECIPES = ("standard", "aletheia", "compute_matched", "budget_sweep")
+MATCH_MODES = ("factor", "wallclock")
+DEFAULT_BUDGET = 0.5
+DEFAULT_FACTOR = 1.25  # the paper: 250 compute-matched steps vs 200
+RANDOM_PREFIX = "random:"
+_RANDOM_RE = re.compile(r"^random:([a-z0-9_]+)(?::(\d+))?$")
+
+
+@dataclass
+class ModelSpec(_Config):
+    """One model of the campaign, with the per-model settings the paper varied (batch, lr, dtype)."""
+
+    id: str = "default"
+    """Hub id, local folder, ``default`` (embedded SmolLM2-135M-Instruct) or ``random:FAMILY[:LAYERS]``
+    (a tiny random model of that family, built offline; see ``aletheia.campaign.models``)."""
+    label: str | None = None
+    """Short name used in folder names, tables and figures (default: derived from ``id``)."""
+    batch_size: int | None = None
+    """Overrides ``train.batch_size`` (and ``probe.batch_size``) for this model."""
+    lr: float | None = None
+    """Overrides ``train.lr`` for this model (the paper scaled it per model)."""
+    dtype: str | None = None
+    """Overrides ``train.dtype`` for this model (the paper: bf16 for Qwen/Phi, fp16 for others)."""
+    gpus: float | None = None
+    """GPUs one run of this model needs (overrides ``executor.gpus_per_run``; e.g. 4 for Mixtral)."""
+
+    @property
+    def key(self) -> str:
+        """Folder-safe name: the label, else the last part of the id."""
+        if self.label:
+            return self.label
+        if self.id in ("default", "", None):
+            return "SmolLM2-135M-Instruct"
+        m = _RANDOM_RE.match(self.id)
+        if m:
+            return f"random-{m.group(1)}" + (f"-{m.group(2)}L" if m.group(2) else "")
+        return Path(self.id.rstrip("/")).name.removesuffix(".gguf")
+
+    def problems(self) -> list[str]:
+        p = []
+        if not self.id:
+            p.append("id must name a model (hub id, folder, 'default' or 'random:llama')")
+        elif self.id.startswith(RANDOM_PREFIX) and not _RANDOM_RE.match(self.id):
+            p.append(f"id={self.id!r} must look like random:FAMILY or random:FAMILY:LAYERS, e.g. random:qwen2:8")
+        if self.label is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.label):
+            p.append(f"label={self.label!r} may only hold letters, digits, '.', '_' and '-'")
+        if self.batch_size is not None and self.batch_size < 1:
+            p.append(f"batch_size={self.batch_size} must be at least 1")
+        if self.lr is not None and not self.lr > 0:
+            p.append(f"lr={self.lr} must be positive")
+        if self.dtype is not None and self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            p.append(f"dtype={self.dtype!r} must be auto, float32, bfloat16 or float16")
+        if self.gpus is not None and self.gpus < 0:
+            p.append(f"gpus={self.gpus} must be >= 0")
+        return p
+
+
+@dataclass
+class RecipeSpec(_Config):
+    """One recipe. ``standard`` is the all-layer baseline every other recipe is paired against."""
+
+    name: str = "aletheia"
+    """``standard``, ``aletheia``, ``compute_matched`` or ``budget_sweep``."""
+    budget: float | None = None
+    """aletheia / compute_matched: share of layers kept by the probe (default 0.5)."""
+    budgets: list[float] | None = None
+    """budget_sweep: the shares to try (the paper: 0.25 and 0.75 next to aletheia's 0.5)."""
+    match: str = "factor"
+    """compute_matched: ``factor`` (steps × ``factor``) or ``wallclock`` (as many steps as fit in the
+    paired standard run's training time, measured from the paired aletheia run's time per step)."""
+    factor: float | None = None
+    """compute_matched with ``match: factor``: step multiplier (default 1.25, the paper's 250 vs 200)."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.name not in RECIPES:
+            return [f"name={self.name!r} is not a recipe; use one of {', '.join(RECIPES)}"]
+        if self.budget is not None:
+            if self.name not in ("aletheia", "compute_matched"):
+                p.append(f"{self.name}: 'budget' only applies to aletheia and compute_matched"
+                         + (" (use 'budgets')" if self.name == "budget_sweep" else ""))
+            elif not 0.0 < self.budget <= 1.0:
+                p.append(f"{self.name}: budget={self.budget} must be in (0, 1], e.g. 0.5")
+        if self.name == "budget_sweep":
+            if not self.budgets:
+                p.append("budget_sweep: give 'budgets', e.g. [0.25, 0.75]")
+            elif any(not 0.0 < b <= 1.0 for b in self.budgets) or len(set(self.budgets)) != len(self.budgets):
+                p.append(f"budget_sweep: budgets={self.budgets} must be distinct shares in (0, 1]")
+        elif self.budgets is not None:
+            p.append(f"{self.name}: 'budgets' only applies to budget_sweep")
+        if self.name == "compute_matched":
+            if self.match not in MATCH_MODES:
+                p.append(f"compute_matched: match={self.match!r} must be factor or wallclock")
+            if self.factor is not None and (self.match != "factor" or not self.factor > 0):
+                p.append("compute_matched: 'factor' must be positive and goes with match: factor")
+        elif self.factor is not None or self.match != "factor":
+            p.append(f"{self.name}: 'match' and 'factor' only apply to compute_matched")
+        return p
+
+    def run_budgets(self) -> list[float | None]:
+        """The budgets this recipe expands to (None for the all-layer standard run)."""
+        if self.name == "standard":
+            return [None]
+        if self.name == "budget_sweep":
+            return list(self.budgets or [])
+        return [self.budget if self.budget is not None else DEFAULT_BUDGET]
+
+
+@dataclass
+class EvalSuiteConfig(_Config):
+    """What each run is evaluated on. Held-out loss is always measured; benchmarks are optional."""
+
+    benchmarks: list[str] = field(default_factory=list)
+    """Benchmarks from ``aletheia.evaluation.suite`` (``mmlu``, ``gsm8k``, ``humaneval``), scored on the
+    base model once per model and on every fine-tuned adapter. Empty: held-out loss only."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword settings passed to the suite's ``EvalConfig`` (e.g. ``limit: 200``)."""
+    accuracy_examples: int = 0
+    """Held-out bootstrap items answered greedily for exact-match accuracy (0: off, it is slow)."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.accuracy_examples < 0:
+            p.append(f"accuracy_examples={self.accuracy_examples} must be >= 0")
+        if len(set(self.benchmarks)) != len(self.benchmarks):
+            p.append(f"benchmarks={self.benchmarks} lists a benchmark twice")
+        if not isinstance(self.options, dict):
+            p.append("options must be a mapping of EvalConfig settings")
+        return p
+
+
+@dataclass
+class ExecutorConfig(_Config):
+    """Where the runs execute (registry ``aletheia.campaign.executors.EXECUTORS``)."""
+
+    name: str = "local"
+    """``local`` (sequential, in this process), ``ray`` (one task per run) or ``slurm`` (submitit)."""
+    cpus_per_run: int = 1
+    """CPUs one run asks for (ray task / slurm ``cpus_per_task``)."""
+    gpus_per_run: float = 0.0
+    """GPUs one run asks for (ray ``num_gpus``; slurm ``gpus_per_node``, rounded up). 0 on CPU."""
+    address: str | None = None
+    """ray: cluster address (``auto`` joins the running cluster); None starts a local instance."""
+    num_cpus: int | None = None
+    """ray: CPUs of the local instance it starts (None: all)."""
+    cluster: str | None = None
+    """slurm: submitit cluster, None (auto: slurm when sbatch exists), ``slurm``, ``local`` or ``debug``."""
+    partition: str | None = None
+    """slurm: partition name."""
+    account: str | None = None
+    """slurm: account to charge."""
+    timeout_min: int = 240
+    """slurm: wall-clock limit of one run's job, minutes."""
+    mem_gb: int | None = None
+    """slurm: memory per job (None: the cluster default)."""
+    array: bool = True
+    """slurm: submit one job array (true) or one job per run (false)."""
+    array_parallelism: int = 16
+    """slurm: most array tasks running at once."""
+
+    def problems(self) -> list[str]:
+        from .executors import EXECUTORS
+
+        p = []
+        if self.name not in EXECUTORS:
+            p.append(f"name={self.name!r} is not an executor; use one of {', '.join(sorted(EXECUTORS))}")
+        if self.cpus_per_run < 1:
+            p.append(f"cpus_per_run={self.cpus_per_run} must be at least 1")
+        if self.gpus_per_run < 0:
+            p.append(f"gpus_per_run={self.gpus_per_run} must be >= 0")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            p.append(f"num_cpus={self.num_cpus} must be at least 1")
+        if self.cluster not in (None, "slurm", "local", "debug"):
+            p.append(f"cluster={self.cluster!r} must be slurm, local or debug (or left empty)")
+        if self.timeout_min < 1:
+            p.append(f"timeout_min={self.timeout_min} must be at least 1")
+        if self.array_parallelism < 1:
+            p.append(f"array_parallelism={self.array_parallelism} must be at least 1")
+        return p
+
+
+@dataclass
+class CampaignSpec(_Config):
+    """A paired multi-seed experiment: every model × seed × recipe, paired against ``standard``."""
+
+    name: str = "campaign"
+    """Title used in the report."""
+    description: str = ""
+    output: str = "runs/campaign"
+    """Campaign folder (``aletheia campaign run --output`` overrides it)."""
+    models: list[ModelSpec] = field(default_factory=lambda: [ModelSpec()])
+    seeds: list[int] = field(default_factory=lambda: [42, 123, 999])
+    """The paper's seeds; each seed fixes probe batches, data order, split and LoRA init."""
+    recipes: list[RecipeSpec] = field(
+        default_factory=lambda: [RecipeSpec("standard"), RecipeSpec("aletheia")])
+    data: DataConfig = field(default_factory=DataConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalSuiteConfig = field(default_factory=EvalSuiteConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    device: str | None = None
+    """cpu, cuda ... (None: cuda when available)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "CampaignSpec":
+        data = dict(data or {})
+        if "models" in data:
+            data["models"] = [_entry(ModelSpec, m, "id", "models") for m in _as_list(data["models"], "models")]
+        if "recipes" in data:
+            data["recipes"] = [_entry(RecipeSpec, r, "name", "recipes")
+                               for r in _as_list(data["recipes"], "recipes")]
+        return super().from_dict(data)  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["models"] = [m.to_dict() for m in self.models]
+        out["recipes"] = [r.to_dict() for r in self.recipes]
+        return out
+
+    def recipe(self, name: str) -> RecipeSpec | None:
+        return next((r for r in self.recipes if r.name == name), None)
+
+    def problems(self) -> list[str]:
+        p = []
+        if not self.models:
+            p.append("models must list at least one model")
+        for i, m in enumerate(self.models):
+            p += [f"models[{i}].{q}" for q in m.problems()]
+        keys = [m.key for m in self.models]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            p.append(f"models: {', '.join(dup)} appear twice (give one of them a distinct 'label')")
+        if not self.seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.seeds):
+            p.append(f"seeds={self.seeds} must be a non-empty list of non-negative integers (paper: 42, 123, 999)")
+        elif len(set(self.seeds)) != len(self.seeds):
+            p.append(f"seeds={self.seeds} lists a seed twice")
+        for i, r in enumerate(self.recipes):
+            p += [f"recipes[{i}].{q}" for q in r.problems()]
+        names = [r.name for r in self.recipes]
+        if not names:
+            p.append("recipes must list at least one recipe (e.g. standard, aletheia)")
+        for n in sorted({n for n in names if names.count(n) > 1}):
+            p.append(f"recipes: {n} appears twice (budget_sweep takes several budgets)")
+        if names and "standard" not in names:
+            p.append("recipes must include standard: every other recipe is paired against it")
+        cm, ale, sweep = self.recipe("compute_matched"), self.recipe("aletheia"), self.recipe("budget_sweep")
+        if cm and cm.match == "wallclock" and not ale:
+            p.append("compute_matched with match: wallclock needs the aletheia recipe (its time per step)")
+        if cm and cm.match == "wallclock" and ale and cm.run_budgets() != ale.run_budgets():
+            p.append("compute_matched with match: wallclock must use the aletheia recipe's budget")
+        if sweep and ale and sweep.budgets and ale.run_budgets()[0] in sweep.budgets:
+            p.append(f"budget_sweep: budget {ale.run_budgets()[0]} repeats the aletheia run; drop it "
+                     "(the layer-budget table already uses the aletheia rows)")
+        return p
+
+
+def _as_list(value: Any, name: str) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"'{name}' must be a list, got {value!r}")
+    return value
+
+
+def _entry(cls: type[_Config], value: Any, key: str, name: str) -> _Config:
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        return cls.from_dict({key: value})
+    if isinstance(value, dict):
+        return cls.from_dict(value)
+    raise ConfigError(f"each entry of '{name}' must be a string or a mapping, got {value!r}")
+
+
+def load_spec(path: str | Path) -> CampaignSpec:
+    """Read and validate a campaign YAML file."""
+    if not Path(path).is_file():
+        raise ConfigError(f"campaign spec not found: {path} (pass a YAML file, e.g. campaigns/smoke.yaml)")
+    spec = CampaignSpec.from_yaml(path)
+    spec.validate()
+    return spec  # type: ignore[return-value]
+
+
+__all__ = ["CampaignSpec", "ModelSpec", "RecipeSpec", "EvalSuiteConfig", "ExecutorConfig", "load_spec",
+           "RECIPES", "DEFAULT_BUDGET", "DEFAULT_FACTOR"]
