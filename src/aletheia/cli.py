@@ -174,6 +174,62 @@ def compare(
     run_compare(cfg, progress=not quiet, device=device, overwrite=overwrite)
 
 
+campaign_app = typer.Typer(no_args_is_help=True, help="Paired multi-seed campaigns: models × seeds × recipes.")
+app.add_typer(campaign_app, name="campaign")
+
+
+@campaign_app.command("run")
+def campaign_run(
+    spec: Path = typer.Argument(..., help="Campaign YAML (e.g. campaigns/smoke.yaml)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Campaign folder (default: the spec's output)."),
+    executor: Optional[str] = typer.Option(None, help="local, ray or slurm (overrides the spec's executor.name)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again (finished ones are kept)."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Run every unfinished run of a campaign; rerun the same command to resume after a stop."""
+    from .campaign import load_spec, run_campaign
+
+    cfg = load_spec(spec)
+    if executor:
+        cfg.executor.name = executor
+        cfg.validate()
+    out = output or cfg.output
+    rows = run_campaign(cfg, out, progress=not quiet, retry_failed=retry_failed)
+    failed = sum(r["status"] != "completed" for r in rows)
+    print(f"{len(rows)} runs recorded ({failed} failed) in {Path(out) / 'results.csv'}\n"
+          f"next: aletheia report {out}")
+
+
+@campaign_app.command("status")
+def campaign_status_cmd(
+    directory: Path = typer.Argument(..., help="Campaign folder."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="List the runs in each state."),
+) -> None:
+    """Runs done / running / failed / pending, time so far and an estimate of the time left."""
+    from .campaign import campaign_status
+    from .campaign.progress import fmt_seconds
+
+    st = campaign_status(directory)
+    print(f"{st['campaign']} ({st['folder']}): {st['completed'] + st['failed']}/{st['total']} finished · "
+          f"completed {st['completed']} · failed {st['failed']} · running {st['running']} · "
+          f"interrupted {st['interrupted']} · pending {st['pending']}\n"
+          f"run time so far {fmt_seconds(st['seconds_so_far'])} · estimate left "
+          f"{fmt_seconds(st['estimate_left_seconds'])}")
+    if verbose:
+        for state in ("running", "interrupted", "failed", "pending"):
+            for label in st["runs"][state]:
+                print(f"  {state:<11} {label}")
+
+
+@app.command()
+def report(directory: Path = typer.Argument(..., help="Campaign folder.")) -> None:
+    """REPORT.md, the forgetting and compute-matched analyses and the figures, from results.csv."""
+    from .campaign.report import write_report
+
+    files = write_report(directory)
+    print("\n".join(f"wrote {p}" for p in files.values()))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
