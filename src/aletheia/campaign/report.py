@@ -1,0 +1,595 @@
+"""``aletheia report CAMPAIGN_DIR``: the paper's tables and figures, rebuilt from results.csv and the runs.
+
+Writes ``REPORT.md`` (speedup per model with 95% CI and p-value, MMLU forgetting, multi-benchmark
+deltas, compute-matched, layer budget, failures), ``FORGETTING_DELTAS_ANALYSIS.md``,
+``COMPUTE_MATCHED_ANALYSIS.md`` and PNG figures in ``figures/``. Nothing here is typed in by hand:
+every number comes from ``results.csv`` (itself rebuilt from the run records) or the probe files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..errors import AletheiaError  # noqa: E402
+from ..stats import mean_sd, paired_test, summarize  # noqa: E402
+from ..utils import atomic_write_text  # noqa: E402
+from .results import BENCHMARKS, read_results_csv, write_results_csv  # noqa: E402
+
+BENCH_NAMES = {"mmlu": "MMLU", "gsm8k": "GSM8K", "humaneval": "HumanEval"}
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+def _ok(x) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _f(x, fmt: str = "{:.2f}", none: str = "—") -> str:
+    return fmt.format(x) if _ok(x) else none
+
+
+def _msd(values, fmt: str = "{:.2f}") -> str:
+    mean, sd = mean_sd(values)
+    if not _ok(mean):
+        return "—"
+    sd_fmt = fmt.replace("+", "").replace("%", "").replace("pp", "")
+    return fmt.format(mean) + (f" ± {sd_fmt.format(sd)}" if _ok(sd) else "")
+
+
+def _p(p) -> str:
+    if not _ok(p):
+        return "—"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _params(n) -> str:
+    if not _ok(n):
+        return "—"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(int(n))
+
+
+def _table(head: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(head) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+class Campaign:
+    """results.csv rows with the lookups the tables need."""
+
+    def __init__(self, campaign_dir: Path, rows: list[dict]):
+        self.dir, self.rows = campaign_dir, rows
+        self.models = list(dict.fromkeys(r["model"] for r in rows))
+        self.spec = _read_yaml(campaign_dir / "campaign.yaml")
+
+    def select(self, **where) -> list[dict]:
+        return [r for r in self.rows if all(r.get(k) == v for k, v in where.items())]
+
+    def ok(self, **where) -> list[dict]:
+        return [r for r in self.select(**where) if r["status"] == "completed"]
+
+    def pairs(self, model: str | None, recipe: str, budget: float | None = None) -> list[tuple[dict, dict]]:
+        """(standard row, recipe row) per seed where both completed."""
+        out = []
+        for r in self.ok(recipe=recipe, **({"model": model} if model else {})):
+            if budget is not None and r["budget"] != budget:
+                continue
+            s = self.ok(model=r["model"], seed=r["seed"], recipe="standard")
+            if s:
+                out.append((s[0], r))
+        return out
+
+    def first(self, model: str, key: str):
+        return next((r[key] for r in self.select(model=model) if r.get(key) is not None), None)
+
+    def has_benchmark(self, bench: str) -> bool:
+        return any(_ok(r.get(f"{bench}_ft")) for r in self.rows)
+
+    def benchmark_reason(self) -> str:
+        """Why benchmark columns are empty, from the runs' own notes (never guessed)."""
+        wanted = (self.spec or {}).get("eval", {}).get("benchmarks") or []
+        if not wanted:
+            return "the campaign's eval.benchmarks list is empty (held-out loss only)"
+        notes = []
+        for path in sorted((self.dir / "runs").glob("*/record.json")):
+            rec = json.loads(path.read_text())
+            notes += [n for n in rec.get("notes") or [] if n.startswith("benchmarks not measured")]
+        return notes[0] if notes else "no completed run has benchmark scores yet"
+
+    def probe_scores(self, model: str) -> list[tuple[list[float], list[int]]]:
+        """(normalised scores, selected layers) of each seed's probe for ``model``."""
+        out = []
+        files = sorted((self.dir / "shared" / model).glob("seed-*/probe.json"))
+        if not files:
+            files = sorted(p / "probe.json" for p in (self.dir / "runs").glob(f"{model}__seed*__aletheia__*"))
+        for path in files:
+            if path.is_file():
+                d = json.loads(path.read_text())
+                out.append((d["normalized_scores"], d["selected_layers"]))
+        return out
+
+    @property
+    def default_budget(self) -> float | None:
+        b = [r["budget"] for r in self.select(recipe="aletheia")]
+        return b[0] if b else None
+
+
+def _read_yaml(path: Path) -> dict | None:
+    import yaml
+
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+def speedup_table(c: Campaign) -> tuple[str, dict]:
+    rows, all_std, all_ale, per_model = [], [], [], {}
+    for m in c.models:
+        pairs = c.pairs(m, "aletheia")
+        if not pairs:
+            continue
+        std = [s["train_seconds"] for s, _ in pairs]
+        ale = [a["train_seconds"] for _, a in pairs]
+        sp = [a["speedup_pct"] for _, a in pairs]
+        test, summ = paired_test(std, ale), summarize(sp)
+        per_model[m] = (summ, test, sp)
+        all_std += std
+        all_ale += ale
+        rows.append([m, _msd(std), _msd(ale), _msd(sp, "{:.1f}"),
+                     f"[{_f(summ.ci_low, '{:.1f}')}, {_f(summ.ci_high, '{:.1f}')}]",
+                     _msd([a["time_ratio"] for _, a in pairs], "{:.3f}"), _p(test.p),
+                     f"{sum(x > 0 for x in sp)}/{len(sp)}"])
+    overall = paired_test(all_std, all_ale)
+    sp_all = [a["speedup_pct"] for m in c.models for _, a in c.pairs(m, "aletheia")]
+    if rows:
+        summ = summarize(sp_all)
+        rows.append(["**Overall**", _msd(all_std), _msd(all_ale), _msd(sp_all, "{:.1f}"),
+                     f"[{_f(summ.ci_low, '{:.1f}')}, {_f(summ.ci_high, '{:.1f}')}]",
+                     _f(float(np.mean(all_std) / np.mean(all_ale)), "{:.3f}"), _p(overall.p),
+                     f"{sum(x > 0 for x in sp_all)}/{len(sp_all)}"])
+    head = ["Model", "Std time (s)", "Ale time (s)", "Speedup (%)", "95% CI (%)", "Ratio", "p-value", "Wins"]
+    text = _table(head, rows) if rows else "_No completed standard/aletheia pair yet._"
+    if rows:
+        text += (f"\n\nOverall paired t-test over all {overall.n} (model, seed) pairs of training times: "
+                 f"t = {_f(overall.t)}, df = {overall.df}, p = {_p(overall.p)}, "
+                 f"Cohen's d = {_f(overall.cohen_d)}, win rate {_f(overall.win_rate * 100 if _ok(overall.win_rate) else None, '{:.0f}')}% "
+                 f"(mean time saved {_f(overall.mean_diff)} s per run, 95% CI "
+                 f"[{_f(overall.ci_low)}, {_f(overall.ci_high)}] s).")
+    return text, {"per_model": per_model, "overall": overall}
+
+
+def mmlu_table(c: Campaign) -> str:
+    if not c.has_benchmark("mmlu"):
+        return f"_MMLU not measured: {c.benchmark_reason()}._"
+    rows = []
+    for m in c.models:
+        pairs = c.pairs(m, "aletheia")
+        if not pairs or not any(_ok(a.get("mmlu_ft")) for _, a in pairs):
+            continue
+        rows.append([m, _msd([s["mmlu_base"] for s, _ in pairs], "{:.1f}%"),
+                     _msd([s["mmlu_ft"] for s, _ in pairs], "{:.1f}%"),
+                     _msd([s["mmlu_delta"] for s, _ in pairs], "{:+.1f}pp"),
+                     _msd([a["mmlu_ft"] for _, a in pairs], "{:.1f}%"),
+                     _msd([a["mmlu_delta"] for _, a in pairs], "{:+.1f}pp"),
+                     _msd([a["extra_forgetting"] for _, a in pairs], "{:+.1f}pp")])
+    return _table(["Model", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"], rows)
+
+
+def quality_tests(c: Campaign) -> list[list[str]]:
+    """Paired quality comparisons (Aletheia vs standard) over all (model, seed) pairs."""
+    pairs = [p for m in c.models for p in c.pairs(m, "aletheia")]
+    out = []
+    metrics: list[tuple[str, str, Callable[[float], float]]] = [("held-out loss", "eval_loss", lambda x: -x)]
+    metrics += [(f"{BENCH_NAMES[b]} Δ (pp)", f"{b}_delta", lambda x: x) for b in BENCHMARKS if c.has_benchmark(b)]
+    for name, key, better in metrics:
+        a = [p[1].get(key) for p in pairs]
+        s = [p[0].get(key) for p in pairs]
+        t = paired_test(a, s)
+        if t.n == 0:
+            continue
+        wins = [better(x) > better(y) for x, y in zip(a, s) if _ok(x) and _ok(y)]
+        out.append([name, str(t.n), _f(t.mean_diff, "{:+.4f}"), f"[{_f(t.ci_low, '{:+.4f}')}, {_f(t.ci_high, '{:+.4f}')}]",
+                    _p(t.p), _f(t.cohen_d), f"{sum(wins)}/{len(wins)}"])
+    return out
+
+
+def benchmark_delta_table(c: Campaign) -> str:
+    rows = []
+    for m in c.models:
+        pairs = c.pairs(m, "aletheia")
+        if not pairs:
+            continue
+        row = [m]
+        for b in BENCHMARKS:
+            key = "extra_forgetting" if b == "mmlu" else f"{b}_extra"
+            row.append(_msd([a.get(key) for _, a in pairs], "{:+.2f}"))
+        row.append(_msd([a.get("eval_loss_vs_standard") for _, a in pairs], "{:+.4f}"))
+        rows.append(row)
+    if not rows:
+        return "_No completed standard/aletheia pair yet._"
+    head = ["Model", "MMLU (pp)", "GSM8K (pp)", "HumanEval (pp)", "Held-out loss"]
+    note = ""
+    if not any(c.has_benchmark(b) for b in BENCHMARKS):
+        note = f"\n\nBenchmark columns are empty: {c.benchmark_reason()}."
+    return _table(head, rows) + note
+
+
+def compute_matched_table(c: Campaign) -> str:
+    rows = []
+    for m in c.models:
+        cm = c.ok(model=m, recipe="compute_matched")
+        if not cm:
+            continue
+        seeds = [r["seed"] for r in cm]
+        std = [r for r in c.ok(model=m, recipe="standard") if r["seed"] in seeds]
+        ale = [r for r in c.ok(model=m, recipe="aletheia") if r["seed"] in seeds]
+        rows.append([m, _msd([r["eval_loss"] for r in std], "{:.4f}"), _msd([r["eval_loss"] for r in ale], "{:.4f}"),
+                     _msd([r["eval_loss"] for r in cm], "{:.4f}"), _msd([r["steps"] for r in cm], "{:.0f}"),
+                     _msd([1 / r["time_ratio"] if _ok(r.get("time_ratio")) else None for r in cm], "{:.2f}"),
+                     _msd([r.get("eval_loss_vs_standard") for r in cm], "{:+.4f}")])
+    if not rows:
+        return "_No compute-matched run in this campaign._"
+    return _table(["Model", "Std loss", "Ale loss", "CM-Ale loss", "CM steps", "CM time / Std time",
+                   "CM − Std loss"], rows)
+
+
+def budget_table(c: Campaign) -> str:
+    rows = []
+    for m in c.models:
+        variants = [("standard", None)] + sorted(
+            {(r["recipe"], r["budget"]) for r in c.select(model=m) if r["recipe"] in ("aletheia", "budget_sweep")},
+            key=lambda x: x[1])
+        if len(variants) < 3:
+            continue
+        for recipe, budget in variants:
+            rs = [r for r in c.ok(model=m, recipe=recipe) if budget is None or r["budget"] == budget]
+            if not rs:
+                continue
+            row = [m, "100% (standard)" if budget is None else f"{budget:.0%}",
+                   _msd([r["n_selected"] for r in rs], "{:.1f}"), _msd([r["train_seconds"] for r in rs]),
+                   "—" if budget is None else _msd([r["speedup_pct"] for r in rs], "{:.1f}"),
+                   _msd([r["eval_loss"] for r in rs], "{:.4f}")]
+            row += [_msd([r.get(f"{b}_delta") for r in rs], "{:+.1f}") for b in BENCHMARKS]
+            rows.append(row)
+    if not rows:
+        return "_No budget sweep in this campaign._"
+    return _table(["Model", "Budget", "Layers", "Train time (s)", "Speedup (%)", "Eval loss", "MMLU Δ",
+                   "GSM8K Δ", "HumanEval Δ"], rows, "llrrrrrrr")
+
+
+def failures_table(c: Campaign) -> str:
+    failed = [r for r in c.rows if r["status"] != "completed"]
+    if not failed:
+        return "_None: every run completed._"
+    return _table(["Model", "Seed", "Recipe", "Budget", "Reason"],
+                  [[r["model"], str(r["seed"]), r["recipe"], _f(r["budget"], "{:.0%}"), r.get("reason") or "—"]
+                   for r in failed], "lrlrl")
+
+
+# --- figures ---------------------------------------------------------------------------------------
+
+def _colors(n: int):
+    cmap = plt.get_cmap("tab10")
+    return [cmap(i % 10) for i in range(n)]
+
+
+def fig_speedup(c: Campaign, per_model: dict, path: Path) -> Path | None:
+    if not per_model:
+        return None
+    models = list(per_model)
+    means = [per_model[m][0].mean for m in models]
+    err = np.array([[max(0.0, per_model[m][0].mean - per_model[m][0].ci_low) if _ok(per_model[m][0].ci_low) else 0.0
+                     for m in models],
+                    [max(0.0, per_model[m][0].ci_high - per_model[m][0].mean) if _ok(per_model[m][0].ci_high) else 0.0
+                     for m in models]])
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(models) + 2), 4.0), dpi=130)
+    ax.bar(range(len(models)), means, yerr=err, capsize=5, color="#2e86ab", alpha=0.85, label="mean, 95% CI")
+    for i, m in enumerate(models):
+        pts = per_model[m][2]
+        ax.scatter([i] * len(pts), pts, color="#1b1b1b", s=14, zorder=3, label="seeds" if i == 0 else None)
+    ax.axhline(0, color="#555", lw=0.8)
+    ax.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("training speedup vs standard LoRA (%)")
+    ax.set_title("Aletheia speedup per model\nbars: mean over seeds, whiskers: 95% CI, dots: seeds", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def fig_speed_vs_forgetting(c: Campaign, path: Path) -> Path | None:
+    use_mmlu = c.has_benchmark("mmlu")
+    key = "extra_forgetting" if use_mmlu else "eval_loss_vs_standard"
+    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=130)
+    any_pt = False
+    for m, col in zip(c.models, _colors(len(c.models))):
+        pts = [(a["speedup_pct"], a.get(key)) for _, a in c.pairs(m, "aletheia")
+               if _ok(a.get("speedup_pct")) and _ok(a.get(key))]
+        if pts:
+            any_pt = True
+            ax.scatter(*zip(*pts), color=col, s=30, label=m, edgecolor="white", lw=0.5)
+    if not any_pt:
+        plt.close(fig)
+        return None
+    ax.axhline(0, color="#555", lw=0.8)
+    ax.axvline(0, color="#555", lw=0.8, ls=":")
+    ax.set_xlabel("training speedup vs standard LoRA (%)")
+    if use_mmlu:
+        ax.set_ylabel("extra forgetting: Ale MMLU Δ − Std MMLU Δ (pp)")
+        ax.set_title("Speed vs extra forgetting (one point per model and seed; up = forgot less)", fontsize=9)
+    else:
+        ax.set_ylabel("held-out loss: Aletheia − standard")
+        ax.set_title("Speed vs quality: MMLU not measured, so held-out loss difference\n"
+                     "(one point per model and seed; up = Aletheia's loss is higher)", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    return _save(fig, path)
+
+
+def fig_compute_matched(c: Campaign, path: Path) -> Path | None:
+    models = [m for m in c.models if c.ok(model=m, recipe="compute_matched")]
+    if not models:
+        return None
+    recipes = [("standard", "standard LoRA", "#9aa5b1"), ("aletheia", "Aletheia (same steps)", "#2e86ab"),
+               ("compute_matched", "Aletheia compute-matched", "#d1495b")]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(models) + 2), 4.0), dpi=130)
+    width = 0.26
+    lows = []
+    for k, (recipe, label, col) in enumerate(recipes):
+        means, sds = [], []
+        for m in models:
+            mean, sd = mean_sd([r["eval_loss"] for r in c.ok(model=m, recipe=recipe)])
+            means.append(mean)
+            sds.append(sd if _ok(sd) else 0.0)
+        lows += [x - s for x, s in zip(means, sds) if _ok(x)]
+        ax.bar(np.arange(len(models)) + (k - 1) * width, means, width, yerr=sds, capsize=3, color=col, label=label)
+    if lows:
+        top = max(r["eval_loss"] for m in models for r in c.ok(model=m) if _ok(r.get("eval_loss")))
+        ax.set_ylim(min(lows) - 0.1 * (top - min(lows) + 1e-3), top + 0.15 * (top - min(lows) + 1e-3))
+    ax.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("held-out loss after training (lower is better)")
+    ax.set_title("Compute-matched Aletheia: held-out loss (mean ± SD over seeds)", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def fig_probe_heatmap(c: Campaign, path: Path, bins: int = 40) -> Path | None:
+    """Probe score over normalised depth, one row per model (mean over seeds), 1.0 = uniform share."""
+    from ..selection import top_fraction
+
+    budget = c.default_budget or 0.5
+    rows, labels, marks = [], [], []
+    for m in c.models:
+        probes = c.probe_scores(m)
+        if not probes:
+            continue
+        L = len(probes[0][0])
+        mean_scores = np.mean([p[0] for p in probes if len(p[0]) == L], axis=0) * L
+        depth = (np.arange(bins) + 0.5) / bins
+        rows.append(mean_scores[np.minimum((depth * L).astype(int), L - 1)])
+        labels.append(f"{m} ({L} layers)")
+        marks.append([(i + 0.5) / L for i in top_fraction(list(mean_scores), budget)])
+    if not rows:
+        return None
+    data = np.array(rows)
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.8), dpi=130)
+    im = ax.imshow(data, aspect="auto", cmap="magma", extent=(0, 1, len(rows), 0),
+                   vmin=0, vmax=max(2.0, float(np.nanmax(data))))
+    for i, xs in enumerate(marks):
+        ax.scatter(xs, [i + 0.5] * len(xs), marker="v", color="white", edgecolor="black", lw=0.5, s=28)
+    ax.set_yticks(np.arange(len(rows)) + 0.5, labels, fontsize=8)
+    ax.set_xlabel("normalised depth (0 = first block, 1 = last block)")
+    ax.set_title("Gradient probe: share of the signal by depth (× layers, 1 = uniform), mean over seeds\n"
+                 f"white marks: layers selected at a {budget:.0%} budget", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    return _save(fig, path)
+
+
+def fig_budget(c: Campaign, path: Path) -> Path | None:
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=130)
+    drawn = False
+    for m, col in zip(c.models, _colors(len(c.models))):
+        rs = [r for r in c.select(model=m) if r["recipe"] in ("aletheia", "budget_sweep")
+              and r["status"] == "completed" and _ok(r.get("speedup_pct"))]
+        budgets = sorted({r["budget"] for r in rs})
+        if len(budgets) < 2:
+            continue
+        means = [mean_sd([r["speedup_pct"] for r in rs if r["budget"] == b])[0] for b in budgets]
+        ax.plot([b * 100 for b in budgets], means, marker="o", color=col, label=m)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.axhline(0, color="#555", lw=0.8)
+    ax.set_xlabel("layer budget (% of layers adapted)")
+    ax.set_ylabel("training speedup vs standard (%)")
+    ax.set_title("Layer budget: speedup (mean over seeds)", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# --- documents -------------------------------------------------------------------------------------
+
+DEFINITIONS = """\
+Definitions. Speedup (%) = 100 × (1 − Aletheia training time / standard training time) for the same
+model and seed; Ratio = standard time / Aletheia time. Δ = fine-tuned − base score (percentage
+points); extra forgetting = Aletheia's MMLU Δ − standard LoRA's MMLU Δ (positive: Aletheia forgot
+less). Mean ± SD over seeds (sample SD); 95% CIs from the t distribution over seeds; per-model
+p-values from a two-sided paired t-test of the seeds' training times; Cohen's d is paired
+(mean difference / SD of differences); a win is a pair where Aletheia trained faster."""
+
+
+def write_report(campaign_dir: str | Path) -> dict[str, Path]:
+    """Rebuild results.csv from the records, then the report, the two analyses and the figures."""
+    d = Path(campaign_dir)
+    if not (d / "campaign.yaml").is_file() and not (d / "results.csv").is_file():
+        raise AletheiaError(f"{d} is not a campaign folder (no campaign.yaml or results.csv); "
+                            "run one first: aletheia campaign run SPEC --output DIR")
+    if (d / "runs").is_dir():
+        write_results_csv(d)
+    c = Campaign(d, read_results_csv(d / "results.csv"))
+    if not c.rows:
+        raise AletheiaError(f"{d} has no finished run yet; wait for the campaign (aletheia campaign status {d})")
+    figs = d / "figures"
+    speed_md, speed = speedup_table(c)
+    made = {
+        "speedup": fig_speedup(c, speed["per_model"], figs / "speedup_ci.png"),
+        "speed_vs_forgetting": fig_speed_vs_forgetting(c, figs / "speed_vs_forgetting.png"),
+        "compute_matched": fig_compute_matched(c, figs / "compute_matched_loss.png"),
+        "probe_heatmap": fig_probe_heatmap(c, figs / "probe_heatmap.png"),
+        "layer_budget": fig_budget(c, figs / "layer_budget.png"),
+    }
+    files = {k: v for k, v in made.items() if v is not None}
+    atomic_write_text(d / "REPORT.md", _report_md(c, speed_md, files))
+    atomic_write_text(d / "FORGETTING_DELTAS_ANALYSIS.md", _forgetting_md(c))
+    atomic_write_text(d / "COMPUTE_MATCHED_ANALYSIS.md", _compute_matched_md(c))
+    files.update(report=d / "REPORT.md", forgetting=d / "FORGETTING_DELTAS_ANALYSIS.md",
+                 compute_matched_analysis=d / "COMPUTE_MATCHED_ANALYSIS.md", results=d / "results.csv")
+    return files
+
+
+def _img(files: dict, key: str, alt: str) -> str:
+    return f"\n\n![{alt}](figures/{files[key].name})" if key in files else ""
+
+
+def _report_md(c: Campaign, speed_md: str, files: dict) -> str:
+    spec = c.spec or {}
+    n_fail = sum(r["status"] != "completed" for r in c.rows)
+    train = spec.get("train", {})
+    out = [f"# Campaign report: {spec.get('name', c.dir.name)}", ""]
+    if spec.get("description"):
+        out += [spec["description"].strip(), ""]
+    out += [f"{len(c.rows)} runs ({len(c.rows) - n_fail} completed, {n_fail} failed) over {len(c.models)} "
+            f"model(s), seeds {sorted({r['seed'] for r in c.rows})}, {train.get('steps', '?')} training steps "
+            f"per run. Generated {time.strftime('%Y-%m-%d %H:%M %Z')} from `results.csv` and the run folders "
+            "by `aletheia report`.", ""]
+    if any(str(m.get("id", "")).startswith("random:") for m in spec.get("models", [])):
+        out += ["> Models named `random:…` are tiny randomly initialised networks that exercise the machinery; "
+                "their timings and losses say nothing about real models.", ""]
+    models = []
+    for m in c.models:
+        models.append([m, c.first(m, "family") or "—", _params(c.first(m, "parameters")),
+                       _f(c.first(m, "layers"), "{:.0f}"),
+                       _f(next((r["n_selected"] for r in c.ok(model=m, recipe="aletheia")), None), "{:.0f}"),
+                       str(len(c.select(model=m)))])
+    out += ["## Models", "", _table(["Model", "Family", "Params", "Layers", "Aletheia layers", "Runs"], models, "llrrrr"), ""]
+    out += ["## Training speedup (Aletheia vs standard LoRA, same steps)", "", speed_md,
+            _img(files, "speedup", "speedup per model with 95% CI"), ""]
+    out += ["## MMLU forgetting", "", mmlu_table(c), ""]
+    out += ["## Multi-benchmark deltas (Aletheia Δ − standard Δ)", "", benchmark_delta_table(c), ""]
+    q = quality_tests(c)
+    if q:
+        out += ["Quality, paired over all (model, seed) pairs (difference = Aletheia − standard; a win is a pair "
+                "where Aletheia is better):", "",
+                _table(["Metric", "Pairs", "Mean diff", "95% CI", "p-value", "Cohen's d", "Aletheia better"], q), ""]
+    out += [_img(files, "speed_vs_forgetting", "speed vs extra forgetting").strip(), ""]
+    out += ["## Compute-matched", "", compute_matched_table(c), _img(files, "compute_matched", "compute-matched loss"),
+            "", "Details: [COMPUTE_MATCHED_ANALYSIS.md](COMPUTE_MATCHED_ANALYSIS.md).", ""]
+    out += ["## Layer budget", "", budget_table(c), _img(files, "layer_budget", "layer budget"), ""]
+    out += ["## Which layers the probe selects", "",
+            _img(files, "probe_heatmap", "probe scores over normalised depth").strip() or "_No probe scores._", ""]
+    out += ["## Failed runs", "", failures_table(c), ""]
+    out += ["## Definitions", "", DEFINITIONS, "",
+            "Forgetting per benchmark and seed: [FORGETTING_DELTAS_ANALYSIS.md](FORGETTING_DELTAS_ANALYSIS.md).", ""]
+    return "\n".join(out)
+
+
+def _forgetting_md(c: Campaign) -> str:
+    out = ["# Forgetting deltas analysis", "",
+           "Per benchmark: each seed's base score, fine-tuned scores and deltas for standard LoRA and Aletheia, "
+           "and the extra forgetting (Aletheia Δ − standard Δ; positive: Aletheia forgot less). Generated by "
+           "`aletheia report` from `results.csv`.", ""]
+    measured = [b for b in BENCHMARKS if c.has_benchmark(b)]
+    if not measured:
+        out += [f"No benchmark was measured: {c.benchmark_reason()}.", ""]
+    for b in measured:
+        name = BENCH_NAMES[b]
+        extra_key = "extra_forgetting" if b == "mmlu" else f"{b}_extra"
+        rows, extras = [], []
+        for m in c.models:
+            for s, a in c.pairs(m, "aletheia"):
+                extras.append(a.get(extra_key))
+                rows.append([m, str(s["seed"]), _f(s.get(f"{b}_base"), "{:.1f}"), _f(s.get(f"{b}_ft"), "{:.1f}"),
+                             _f(s.get(f"{b}_delta"), "{:+.1f}"), _f(a.get(f"{b}_ft"), "{:.1f}"),
+                             _f(a.get(f"{b}_delta"), "{:+.1f}"), _f(a.get(extra_key), "{:+.1f}")])
+        t = paired_test([r[1].get(f"{b}_delta") for m in c.models for r in c.pairs(m, "aletheia")],
+                        [r[0].get(f"{b}_delta") for m in c.models for r in c.pairs(m, "aletheia")])
+        ok = [x for x in extras if _ok(x)]
+        out += [f"## {name}", "", _table(["Model", "Seed", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"], rows), "",
+                f"Extra forgetting over {t.n} pairs: mean {_f(t.mean_diff, '{:+.2f}')} pp, 95% CI "
+                f"[{_f(t.ci_low, '{:+.2f}')}, {_f(t.ci_high, '{:+.2f}')}], paired t-test p = {_p(t.p)}, "
+                f"Cohen's d = {_f(t.cohen_d)}; within ±1 pp in {sum(abs(x) <= 1 for x in ok)}/{len(ok)} pairs; "
+                f"worst {_f(min(ok) if ok else None, '{:+.1f}')} pp.", ""]
+    rows = []
+    for m in c.models:
+        for s, a in c.pairs(m, "aletheia"):
+            rows.append([m, str(s["seed"]), _f(s.get("eval_loss_before"), "{:.4f}"), _f(s.get("eval_loss"), "{:.4f}"),
+                         _f(a.get("eval_loss"), "{:.4f}"), _f(a.get("eval_loss_vs_standard"), "{:+.4f}")])
+    out += ["## Held-out loss", "", _table(["Model", "Seed", "Base", "Std FT", "Ale FT", "Ale − Std"], rows)
+            if rows else "_No completed pair._", ""]
+    return "\n".join(out)
+
+
+def _compute_matched_md(c: Campaign) -> str:
+    out = ["# Compute-matched analysis", "",
+           "Compute-matched Aletheia trains the same selected layers for more steps, to spend the wall-clock time "
+           "it saves (a fixed step factor, or as many steps as fit in the paired standard run's time). Each row "
+           "is one seed; generated by `aletheia report` from `results.csv`.", ""]
+    rows, cm_l, std_l, ale_l = [], [], [], []
+    for m in c.models:
+        for s, cm in c.pairs(m, "compute_matched"):
+            a = c.ok(model=m, seed=s["seed"], recipe="aletheia")
+            a = a[0] if a else {}
+            rows.append([m, str(s["seed"]), f"{s['steps']} / {_f(s['train_seconds'], '{:.1f}')}s",
+                         f"{a.get('steps', '—')} / {_f(a.get('train_seconds'), '{:.1f}')}s",
+                         f"{cm['steps']} / {_f(cm['train_seconds'], '{:.1f}')}s",
+                         _f(1 / cm["time_ratio"] if _ok(cm.get("time_ratio")) else None, "{:.2f}"),
+                         _f(s.get("eval_loss"), "{:.4f}"), _f(a.get("eval_loss"), "{:.4f}"),
+                         _f(cm.get("eval_loss"), "{:.4f}")])
+            std_l.append(s.get("eval_loss"))
+            cm_l.append(cm.get("eval_loss"))
+            ale_l.append(a.get("eval_loss"))
+    if not rows:
+        return "\n".join(out + ["_No compute-matched run in this campaign._", ""])
+    vs_std, vs_ale = paired_test(cm_l, std_l), paired_test(cm_l, ale_l)
+    out += [_table(["Model", "Seed", "Std steps / time", "Ale steps / time", "CM steps / time", "CM time / Std",
+                    "Std loss", "Ale loss", "CM loss"], rows), "",
+            f"Held-out loss, compute-matched − standard over {vs_std.n} pairs: mean {_f(vs_std.mean_diff, '{:+.4f}')} "
+            f"(95% CI [{_f(vs_std.ci_low, '{:+.4f}')}, {_f(vs_std.ci_high, '{:+.4f}')}], p = {_p(vs_std.p)}, "
+            f"d = {_f(vs_std.cohen_d)}).",
+            "",
+            f"Held-out loss, compute-matched − Aletheia at the same steps over {vs_ale.n} pairs: mean "
+            f"{_f(vs_ale.mean_diff, '{:+.4f}')} (95% CI [{_f(vs_ale.ci_low, '{:+.4f}')}, {_f(vs_ale.ci_high, '{:+.4f}')}], "
+            f"p = {_p(vs_ale.p)}).", ""]
+    for b in BENCHMARKS:
+        if c.has_benchmark(b):
+            pairs = [p for m in c.models for p in c.pairs(m, "compute_matched")]
+            t = paired_test([p[1].get(f"{b}_delta") for p in pairs], [p[0].get(f"{b}_delta") for p in pairs])
+            out += [f"{BENCH_NAMES[b]}: compute-matched Δ − standard Δ = {_f(t.mean_diff, '{:+.2f}')} pp over {t.n} "
+                    f"pairs (p = {_p(t.p)}).", ""]
+    return "\n".join(out)
+
+
+__all__ = ["write_report", "Campaign"]
