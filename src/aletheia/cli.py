@@ -38,6 +38,8 @@ DtypeOpt = typer.Option(None, help="auto, float32, bfloat16 or float16.")
 DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a finished run in the output folder.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+AccuracyOpt = typer.Option(None, "--accuracy-examples",
+                           help="Held-out bootstrap items answered greedily for accuracy (default 32, 0 = off).")
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -50,7 +52,8 @@ def _parse_layers(text: str) -> list[int]:
 def build_config(config: Optional[Path], **flags) -> RunConfig:
     """Load ``config`` (or defaults) and apply the flags that were given."""
     cfg = RunConfig.from_yaml(config) if config else RunConfig()
-    top = {"model": "model", "output": "output", "seed": "seed", "method": "method"}
+    top = {"model": "model", "output": "output", "seed": "seed", "method": "method",
+           "accuracy_examples": "eval_accuracy_examples"}
     nested = {
         "data": ("data", "path"), "max_length": ("data", "max_length"),
         "steps": ("train", "steps"), "lr": ("train", "lr"), "dtype": ("train", "dtype"),
@@ -133,7 +136,7 @@ def train(
     attention_rank: Optional[int] = typer.Option(None, help="Attention LoRA rank (default 16)."),
     mlp_rank: Optional[int] = typer.Option(None, help="MLP LoRA rank (default 32)."),
     dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
-    overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
+    accuracy_examples: Optional[int] = AccuracyOpt, overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
 ) -> None:
     """Train one method (aletheia: probe-selected layers; standard: every layer) into a run folder."""
     from .recipe import run_training
@@ -141,7 +144,8 @@ def train(
     cfg = build_config(config, method=method, model=model, data=data, output=output, seed=seed, steps=steps,
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
                        selector=selector, probe_mode=probe_mode, layers=layers, lr=lr,
-                       attention_rank=attention_rank, mlp_rank=mlp_rank, dtype=dtype)
+                       attention_rank=attention_rank, mlp_rank=mlp_rank, dtype=dtype,
+                       accuracy_examples=accuracy_examples)
     if output is None and config is None:
         cfg.output = f"runs/{cfg.method}"
     s = run_training(cfg, progress=not quiet, device=device, overwrite=overwrite)
@@ -161,14 +165,15 @@ def compare(
     selector: Optional[str] = SelectorOpt, probe_mode: Optional[str] = ProbeModeOpt,
     layers: Optional[str] = LayersOpt, lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
-    overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
+    accuracy_examples: Optional[int] = AccuracyOpt, overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
 ) -> None:
     """The main job: probe once, train standard LoRA and Aletheia paired, print the comparison."""
     from .compare import run_compare
 
     cfg = build_config(config, model=model, data=data, output=output, seed=seed, steps=steps,
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
-                       selector=selector, probe_mode=probe_mode, layers=layers, lr=lr, dtype=dtype)
+                       selector=selector, probe_mode=probe_mode, layers=layers, lr=lr, dtype=dtype,
+                       accuracy_examples=accuracy_examples)
     if output is None and config is None:
         cfg.output = "runs/compare"
     run_compare(cfg, progress=not quiet, device=device, overwrite=overwrite)

@@ -1,0 +1,42 @@
+"""Configs: a lossless YAML round trip, every problem reported at once, unknown keys refused."""
+
+import pytest
+
+from aletheia.config import RunConfig, TrainConfig
+from aletheia.errors import ConfigError
+
+
+def test_yaml_round_trip_is_lossless(tmp_path):
+    cfg = RunConfig(model="Qwen/Qwen2.5-0.5B", seed=7)
+    cfg.probe.layers = [1, 3]
+    cfg.train.betas = [0.9, 0.95]
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert RunConfig.from_yaml(path) == cfg
+
+
+def test_all_problems_are_reported_together():
+    cfg = RunConfig(method="magic")
+    cfg.train.steps = -1
+    cfg.probe.fraction = 1.5
+    with pytest.raises(ConfigError) as err:
+        cfg.validate()
+    message = str(err.value)
+    assert "method='magic'" in message and "train.steps=-1" in message and "probe.fraction=1.5" in message
+
+
+def test_unknown_keys_and_wrong_types_are_refused():
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ConfigError, match="'lr' must be a number"):
+        TrainConfig.from_dict({"lr": "fast"})
+    assert TrainConfig.from_dict({"lr": 1}).lr == 1.0
+
+
+def test_missing_or_broken_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        RunConfig.from_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        RunConfig.from_yaml(bad)
