@@ -265,6 +265,54 @@ class TrainConfig(_Config):
         return p
 
 
+QUANTIZE = ("4bit",)
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+@dataclass
+class ArchitectureConfig(_Config):
+    """Where the blocks and adapter modules are, for models outside the registry (or to override it).
+
+    Leave empty to use the registry entry for the model's ``model_type``, else the generic search."""
+
+    blocks_path: str | None = None
+    """Dotted path to the ModuleList of decoder blocks, e.g. ``model.layers``."""
+    attention_modules: list[str] | None = None
+    """Attention linear modules (leaf names or paths inside a block), e.g. ``[q_proj, v_proj]``."""
+    mlp_modules: list[str] | None = None
+    """MLP linear modules, e.g. ``[up_proj, down_proj]``."""
+
+    def problems(self) -> list[str]:
+        p = []
+        for name in ("attention_modules", "mlp_modules"):
+            value = getattr(self, name)
+            if value is not None and (not value or not all(isinstance(v, str) and v for v in value)):
+                p.append(f"{name}={value} must be a non-empty list of module names, e.g. [q_proj, v_proj]")
+        if self.blocks_path is not None and not self.blocks_path.strip("."):
+            p.append(f"blocks_path={self.blocks_path!r} must be a dotted path such as model.layers")
+        return p
+
+
+@dataclass
+class MemoryConfig(_Config):
+    """Ways to fit a model that does not fit plainly: 4-bit weights, several GPUs, recomputation."""
+
+    quantize: str | None = None
+    """``4bit``: QLoRA (bitsandbytes NF4, double quantisation, bf16 compute; needs a CUDA GPU)."""
+    device_map: str | None = None
+    """``auto``: spread the model over all visible GPUs (for models bigger than one GPU)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (probe and training): less memory, same numbers, slower."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.quantize is not None and self.quantize not in QUANTIZE:
+            p.append(f"quantize={self.quantize!r} is unknown; use {', '.join(QUANTIZE)} or leave it empty")
+        if self.device_map is not None and self.device_map not in DEVICE_MAPS:
+            p.append(f"device_map={self.device_map!r} is unknown; use one of {', '.join(DEVICE_MAPS)}")
+        return p
+
+
 @dataclass
 class RunConfig(_Config):
     """Everything one ``aletheia probe|train|compare`` run needs; saved as ``config.yaml``."""
@@ -283,6 +331,8 @@ class RunConfig(_Config):
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def problems(self) -> list[str]:
         p = []

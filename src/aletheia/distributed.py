@@ -55,7 +55,9 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    if active():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if launched() else 0  # before the group is joined
 
 
 def is_main_process() -> bool:

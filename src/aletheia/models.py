@@ -122,15 +122,59 @@ def resolve_model_path(model: str | None) -> str:
     return model  # a hub id such as "Qwen/Qwen2.5-0.5B"
 
 
+def check_quantize(quantize: str | None, device: torch.device | str) -> None:
+    """Refuse 4-bit loading early, with the reason, where it cannot work."""
+    if quantize is None:
+        return
+    if quantize != "4bit":
+        raise AletheiaError(f"--quantize {quantize} is unknown; use 4bit (QLoRA) or leave it out")
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        raise AletheiaError(
+            "--quantize 4bit (QLoRA) needs a CUDA GPU: bitsandbytes' NF4 kernels do not run on "
+            f"{'this machine (no CUDA device found)' if not torch.cuda.is_available() else str(device)}; "
+            "drop --quantize to train in full precision, or run on a GPU"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise AletheiaError("--quantize 4bit needs the bitsandbytes package: pip install bitsandbytes") from None
+
+
+def quantization_config(quantize: str | None):
+    """QLoRA's recipe: NF4 weights, double quantisation, bf16 compute."""
+    if quantize is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute block activations in backward. Non-reentrant checkpointing lets gradients reach the
+    block weights (probe) and the adapters (training) without making the inputs require grad."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def load_model_and_tokenizer(
     model: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    quantize: str | None = None,
+    gradient_checkpointing: bool = False,
     **kwargs,
 ):
-    """Load a causal LM and its tokenizer; make sure the tokenizer can pad."""
+    """Load a causal LM and its tokenizer; make sure the tokenizer can pad.
+
+    ``quantize="4bit"``: QLoRA loading plus PEFT's k-bit preparation (CUDA only).
+    ``device_map`` (in kwargs): spread the model over several GPUs instead of moving it to ``device``.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_quantize(quantize, device)
+    if quantize:
+        kwargs["quantization_config"] = quantization_config(quantize)
+        kwargs.setdefault("device_map", {"": torch.device(device)})
     source = resolve_model_path(model)
     if source.endswith(".gguf"):
         lm, tokenizer = _load_gguf(Path(source), dtype)
@@ -150,5 +194,12 @@ def load_model_and_tokenizer(
     if "device_map" not in kwargs:
         lm.to(device)
     lm.config.use_cache = False  # training and probing never reuse the KV cache
+    if quantize:
+        from peft import prepare_model_for_kbit_training
+
+        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=gradient_checkpointing,
+                                             gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        enable_gradient_checkpointing(lm)
     lm.aletheia_source = source
     return lm, tokenizer

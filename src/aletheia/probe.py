@@ -15,6 +15,12 @@ Two modes give the same scores:
 - ``single-pass`` (default): every block at once, one pass per batch. A hook on each parameter
   reduces its gradient to a squared norm the moment it is accumulated and frees it, so gradient
   memory stays near one parameter's size and the probe costs N passes.
+
+Scale. Under data parallelism each process probes whole batches (``b mod N``) and the per-batch
+norms are summed across processes, so the scores equal the single-process ones. With
+``device_map="auto"`` the per-layer sums are gathered on the first device. With gradient
+checkpointing enabled on the model, the blocks recompute their activations during backward while
+dropout stays off; the scores are unchanged.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .architectures import get_blocks
+from . import distributed
+from .architectures import _base_model, get_blocks
 from .errors import AletheiaError
 
 
@@ -94,33 +101,47 @@ def run_probe(
     saved_flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
     model.eval()  # no dropout: the probe is a deterministic function of weights and batches
+    checkpointing = bool(getattr(_base_model(model), "is_gradient_checkpointing", False))
+    if checkpointing:
+        # transformers recomputes a block only when the block itself is in training mode; setting
+        # the flag on the block alone keeps its dropout layers in eval mode.
+        for block in get_blocks(model):
+            block.training = True
     for p in model.parameters():
         p.requires_grad_(False)
     per_batch = [[0.0] * n_layers for _ in batches]
     losses = [0.0] * len(batches)
+    mine = distributed.my_share(len(batches))  # every batch in a single process
     start = time.perf_counter()
     try:
         if mode == "single-pass":
-            passes = _single_pass(model, blocks, batches, device, per_batch, losses, progress)
+            passes = _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine)
         else:
-            passes = _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress)
+            passes = _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress, mine)
     finally:
         for p, flag in saved_flags.items():
             p.requires_grad_(flag)
             p.grad = None
         model.train(was_training)
+    if distributed.active():  # rows of batches other processes probed are zero here: sum them in
+        table = torch.tensor([row + [loss] for row, loss in zip(per_batch, losses)], dtype=torch.float64,
+                             device=device)
+        table = distributed.sum_across_processes(table).tolist()
+        per_batch, losses = [row[:-1] for row in table], [row[-1] for row in table]
+        passes = int(distributed.sum_across_processes(torch.tensor([passes], device=device)).item())
     seconds = time.perf_counter() - start
     scores = [sum(row[layer] for row in per_batch) for layer in range(n_layers)]
-    return ProbeResult(scores, per_batch, losses, mode, len(batches), seconds, passes)
+    extra = {"processes": distributed.world_size(), "gradient_checkpointing": checkpointing}
+    return ProbeResult(scores, per_batch, losses, mode, len(batches), seconds, passes, extra)
 
 
-def _single_pass(model, blocks, batches, device, per_batch, losses, progress) -> int:
+def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine) -> int:
     sq = torch.zeros(len(blocks), dtype=torch.float64, device=device)
     handles = []
 
     def make_hook(layer: int):
         def hook(param: torch.Tensor) -> None:
-            sq[layer] += param.grad.detach().double().pow(2).sum()
+            sq[layer] += param.grad.detach().double().pow(2).sum().to(sq.device)
             param.grad = None  # free it now: gradient memory stays near one parameter's size
         return hook
 
@@ -130,34 +151,36 @@ def _single_pass(model, blocks, batches, device, per_batch, losses, progress) ->
                 p.requires_grad_(True)
                 handles.append(p.register_post_accumulate_grad_hook(make_hook(layer)))
     try:
-        for b, batch in enumerate(tqdm(batches, desc="probe (single-pass)", disable=not progress)):
+        for b in tqdm(mine, desc="probe (single-pass)", disable=not progress):
             sq.zero_()
-            loss = _loss(model, batch, device)
+            loss = _loss(model, batches[b], device)
             loss.backward()
             losses[b] = loss.item()
             per_batch[b] = sq.sqrt().tolist()
     finally:
         for h in handles:
             h.remove()
-    return len(batches)
+    return len(mine)
 
 
-def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress) -> int:
+def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress, mine) -> int:
     n_chunks = math.ceil(len(blocks) / chunk_size)
-    bar = tqdm(total=n_chunks * len(batches), desc="probe (chunked)", disable=not progress)
+    bar = tqdm(total=n_chunks * len(mine), desc="probe (chunked)", disable=not progress)
     for c in range(n_chunks):
         chunk = range(c * chunk_size, min((c + 1) * chunk_size, len(blocks)))
         for layer in chunk:
             for p in blocks[layer]:
                 if p.is_floating_point():
                     p.requires_grad_(True)
-        for b, batch in enumerate(batches):
-            loss = _loss(model, batch, device)
+        for b in mine:
+            loss = _loss(model, batches[b], device)
             loss.backward()
             losses[b] = loss.item()
             for layer in chunk:
-                sq = sum(p.grad.detach().double().pow(2).sum() for p in blocks[layer] if p.grad is not None)
-                per_batch[b][layer] = float(torch.as_tensor(sq).sqrt())
+                # .item() per parameter: with device_map the block's parameters may sit on several GPUs
+                sq = sum(p.grad.detach().double().pow(2).sum().item() for p in blocks[layer]
+                         if p.grad is not None)
+                per_batch[b][layer] = math.sqrt(sq)
                 for p in blocks[layer]:
                     p.grad = None
             bar.update(1)
@@ -165,4 +188,4 @@ def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, prog
             for p in blocks[layer]:
                 p.requires_grad_(False)
     bar.close()
-    return n_chunks * len(batches)
+    return n_chunks * len(mine)

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import torch
 
-from .architectures import get_architecture, num_layers
+from . import distributed
+from .architectures import get_architecture, num_layers, resolve_architecture, set_architecture
 from .config import RunConfig
 from .data import (Example, eval_batches, load_examples, probe_batches, split_examples,
                    tokenize_examples)
 from .errors import AletheiaError
 from .evaluation.loss import exact_match_accuracy, heldout_loss
 from .lora import aletheia_lora_config, apply_lora, found_adapters, standard_lora_config, trainable_parameters
-from .models import load_model_and_tokenizer
+from .models import check_quantize, load_model_and_tokenizer
 from .selection import Selection, SelectionContext, select_layers, write_probe_json
 from .train import train_lora
 from .utils import (atomic_write_text, git_revision, package_versions, resolve_device, resolve_dtype,
@@ -48,12 +49,21 @@ class Workspace:
 def prepare(cfg: RunConfig, device: str | None = None, examples: list[Example] | None = None) -> Workspace:
     """Load the model and tokenizer, read and split the data, tokenise it."""
     dev = resolve_device(device)
+    if distributed.init_from_env(dev):  # started by accelerate launch / torchrun
+        dev = distributed.local_device(dev)
+        if cfg.memory.device_map:
+            raise AletheiaError("device_map spreads one model over all GPUs, a data-parallel launch gives each "
+                                "process its own GPU: use one or the other")
     dtype = resolve_dtype(cfg.train.dtype, dev)
+    check_quantize(cfg.memory.quantize, dev)  # before any data is read or weights are loaded
     if examples is None:
         examples = load_examples(cfg.data.path, cfg.data.bootstrap_size)
     train_ex, eval_ex = split_examples(examples, cfg.data.eval_fraction, cfg.data.max_eval_examples, cfg.seed)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=dtype, device=dev)
-    get_architecture(model)  # fail early, with the list of supported types
+    extra = {"device_map": cfg.memory.device_map} if cfg.memory.device_map else {}
+    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=dtype, device=dev, quantize=cfg.memory.quantize,
+                                                gradient_checkpointing=cfg.memory.gradient_checkpointing, **extra)
+    a = cfg.architecture  # fail early: an unknown architecture lists what it found and the options
+    set_architecture(model, resolve_architecture(model, a.blocks_path, a.attention_modules, a.mlp_modules))
     train_items = tokenize_examples(tokenizer, train_ex, cfg.data.max_length)
     eval_items = tokenize_examples(tokenizer, eval_ex, cfg.data.max_length)
     if not train_items:
@@ -101,6 +111,8 @@ def run_probe_only(cfg: RunConfig, progress: bool = True, device: str | None = N
     out = Path(cfg.output)
     ws = prepare(cfg, device)
     selection = probe_and_select(cfg, ws, progress)
+    if not distributed.is_main_process():
+        return selection
     out.mkdir(parents=True, exist_ok=True)
     write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
     plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
@@ -123,13 +135,16 @@ def run_training(
     """
     cfg.validate()
     out = Path(cfg.output)
-    check_output(out, overwrite)
+    main = distributed.is_main_process()  # under a data-parallel launch only process 0 writes files
+    if main:
+        check_output(out, overwrite)
 
     # load (before creating the run folder, so bad input leaves nothing behind)
     set_seed(cfg.seed)
     ws = prepare(cfg, device)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
     arch = get_architecture(ws.model)
     layers_total = num_layers(ws.model)
     base_params = sum(p.numel() for p in ws.model.parameters())  # before LoRA adds any
@@ -138,7 +153,8 @@ def run_training(
     if cfg.method == "aletheia":
         if selection is None:
             selection = probe_and_select(cfg, ws, progress)
-        write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
+        if main:
+            write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
         lora_cfg = aletheia_lora_config(arch, selection.layers, cfg.adapter)
     else:
         lora_cfg = standard_lora_config(arch, layers_total, cfg.adapter)
@@ -158,14 +174,16 @@ def run_training(
     # train
     set_seed(cfg.seed)
     result = train_lora(model, ws.train_items, cfg.train, cfg.seed, ws.tokenizer.pad_token_id,
-                        metrics_path=out / "metrics.jsonl", dtype=ws.dtype, progress=progress,
+                        metrics_path=out / "metrics.jsonl" if main else None, dtype=ws.dtype,
+                        progress=progress and main,
                         label=f"train ({cfg.method})")
     if result.status == "failed":
         log(f"run failed: {result.failure['reason']}")
 
     # evaluate and save
     after = evaluate(cfg, ws, model, progress) if result.status == "completed" else {}
-    model.save_pretrained(out)
+    if main:
+        model.save_pretrained(out)
     summary = {
         "method": cfg.method,
         "model": cfg.model or "default",
@@ -193,7 +211,9 @@ def run_training(
         "git_revision": git_revision(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if "accuracy_samples" in after:
+    if main and "accuracy_samples" in after:
         write_json(out / "accuracy_samples.json", after["accuracy_samples"])
-    write_json(out / "summary.json", summary)
+    if main:
+        write_json(out / "summary.json", summary)
+    distributed.barrier()  # the run folder is complete when any process returns
     return summary

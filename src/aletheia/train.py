@@ -3,6 +3,11 @@
 AdamW, linear warmup then cosine decay, gradient accumulation, global-norm clipping, a fixed number
 of optimizer steps. A non-finite loss ends the run with status ``failed`` and the step and reason,
 rather than a crash (the paper's Pythia fp16 case).
+
+Precision: bf16 and fp16 run under autocast (the base weights are already in that dtype; PEFT keeps
+the adapters in fp32), and fp16 scales the loss so small gradients do not underflow.
+Data parallel (``distributed.py``): the micro-batches of each step are split across processes and
+DDP averages their gradients, so N processes take the same steps as one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from . import distributed
 from .config import TrainConfig
 from .data import train_batches
 
@@ -38,6 +44,10 @@ class TrainResult:
     final_loss: float | None
     losses: list[float] = field(default_factory=list)
     failure: dict | None = None
+    loss_scale: float | None = None
+    """fp16 only: the loss scale at the end (it drops when scaled gradients overflow)."""
+    processes: int = 1
+    """Data-parallel processes that shared the steps."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -71,10 +81,20 @@ def train_lora(
         params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)
-    use_amp = dtype in (torch.float16, torch.bfloat16) and device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=dtype) if use_amp else nullcontext()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
+    use_amp = dtype in (torch.float16, torch.bfloat16) and device.type in ("cuda", "cpu")
+    autocast = torch.autocast(device.type, dtype=dtype) if use_amp else nullcontext()
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and dtype == torch.float16)
     batches = train_batches(items, cfg.batch_size, seed, pad_id)
+    # data parallel: this process takes micro-batches i with i % N == rank of every step
+    distributed.check_grad_accum(cfg.grad_accum)
+    n_proc = distributed.world_size()
+    mine = set(distributed.my_share(cfg.grad_accum))
+    last_mine = max(mine)
+    forward = model
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     metrics = open(metrics_path, "w") if metrics_path else None
     writer = _tensorboard(metrics_path) if cfg.tensorboard and metrics_path else None
     if device.type == "cuda":
@@ -87,19 +107,28 @@ def train_lora(
     for step in range(1, cfg.steps + 1):
         t0 = time.perf_counter()
         step_loss = 0.0
-        for _ in range(cfg.grad_accum):
-            batch = {k: v.to(device) for k, v in next(batches).items()}
-            with autocast:
-                loss = model(**batch).loss / cfg.grad_accum
-            if not torch.isfinite(loss):
+        for micro in range(cfg.grad_accum):
+            batch = next(batches)  # every process draws every batch, so the streams stay aligned
+            if micro not in mine:
+                continue
+            batch = {k: v.to(device) for k, v in batch.items()}
+            # DDP averages gradients over the N processes; the factor N restores the plain sum
+            sync = micro == last_mine or not distributed.active()
+            with autocast, (nullcontext() if sync else forward.no_sync()):
+                loss = forward(**batch).loss / cfg.grad_accum
+                bad = distributed.any_process(not torch.isfinite(loss), device)
+                if not bad:
+                    scaler.scale(loss * n_proc).backward()
+            if bad:
                 failure = {"step": step, "reason": f"non-finite loss ({loss.item()}) at step {step}"}
                 break
-            scaler.scale(loss).backward()
             step_loss += loss.item()
             tokens += int(batch["attention_mask"].sum())
         if failure:
             optimizer.zero_grad(set_to_none=True)
             break
+        if n_proc > 1:
+            step_loss = float(distributed.sum_across_processes(torch.tensor([step_loss], device=device)))
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         scaler.step(optimizer)
@@ -140,6 +169,8 @@ def train_lora(
         final_loss=losses[-1] if losses else None,
         losses=losses,
         failure=failure,
+        loss_scale=float(scaler.get_scale()) if scaler.is_enabled() else None,
+        processes=n_proc,
     )
 
 
