@@ -42,6 +42,19 @@ AccuracyOpt = typer.Option(None, "--accuracy-examples",
                            help="Held-out bootstrap items answered greedily for accuracy (default 32, 0 = off).")
 
 
+QuantizeOpt = typer.Option(None, help="4bit: QLoRA (bitsandbytes NF4; needs a CUDA GPU).")
+DeviceMapOpt = typer.Option(None, "--device-map", help="auto: spread a model too big for one GPU over all GPUs.")
+CheckpointingOpt = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                help="Recompute activations in backward (less memory, same numbers).")
+BlocksPathOpt = typer.Option(None, "--blocks-path", help="Unknown architectures: path of the block list, e.g. model.layers.")
+AttentionModulesOpt = typer.Option(None, "--attention-modules", help="Unknown architectures: e.g. 'q_proj,v_proj'.")
+MlpModulesOpt = typer.Option(None, "--mlp-modules", help="Unknown architectures: e.g. 'up_proj,down_proj'.")
+
+
+def _names(text: str) -> list[str]:
+    return [x for x in text.replace(" ", "").split(",") if x]
+
+
 def _parse_layers(text: str) -> list[int]:
     try:
         return [int(x) for x in text.replace(" ", "").split(",") if x]
@@ -60,6 +73,9 @@ def build_config(config: Optional[Path], **flags) -> RunConfig:
         "fraction": ("probe", "fraction"), "batches": ("probe", "batches"),
         "selector": ("probe", "selector"), "probe_mode": ("probe", "mode"),
         "attention_rank": ("adapter", "attention_rank"), "mlp_rank": ("adapter", "mlp_rank"),
+        "quantize": ("memory", "quantize"), "device_map": ("memory", "device_map"),
+        "gradient_checkpointing": ("memory", "gradient_checkpointing"),
+        "blocks_path": ("architecture", "blocks_path"),
     }
     for key, value in flags.items():
         if value is None:
@@ -74,6 +90,8 @@ def build_config(config: Optional[Path], **flags) -> RunConfig:
             cfg.probe.batch_size = value
         elif key == "layers":
             cfg.probe.layers = _parse_layers(value)
+        elif key in ("attention_modules", "mlp_modules"):
+            setattr(cfg.architecture, key, _names(value))
         else:
             raise KeyError(key)
     return cfg.validate()
@@ -112,13 +130,18 @@ def probe(
     max_length: Optional[int] = MaxLenOpt, selector: Optional[str] = SelectorOpt,
     probe_mode: Optional[str] = ProbeModeOpt, dtype: Optional[str] = DtypeOpt,
     device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
+    quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
+    gradient_checkpointing: Optional[bool] = CheckpointingOpt, blocks_path: Optional[str] = BlocksPathOpt,
+    attention_modules: Optional[str] = AttentionModulesOpt, mlp_modules: Optional[str] = MlpModulesOpt,
 ) -> None:
     """Gradient probe and layer selection; writes probe.json and probe_scores.png."""
     from .recipe import run_probe_only
 
     cfg = build_config(config, model=model, data=data, output=output or "runs/probe", seed=seed,
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
-                       selector=selector, probe_mode=probe_mode, dtype=dtype)
+                       selector=selector, probe_mode=probe_mode, dtype=dtype, quantize=quantize,
+                       device_map=device_map, gradient_checkpointing=gradient_checkpointing,
+                       blocks_path=blocks_path, attention_modules=attention_modules, mlp_modules=mlp_modules)
     sel = run_probe_only(cfg, progress=not quiet, device=device)
     ranked = ", ".join(f"{i}:{sel.normalized[i]:.3f}" for i in sel.ranking)
     print(f"selected layers: {sel.layers}\nranking (layer:share): {ranked}\nwrote {Path(cfg.output) / 'probe.json'}")
@@ -137,6 +160,9 @@ def train(
     mlp_rank: Optional[int] = typer.Option(None, help="MLP LoRA rank (default 32)."),
     dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     accuracy_examples: Optional[int] = AccuracyOpt, overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
+    quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
+    gradient_checkpointing: Optional[bool] = CheckpointingOpt, blocks_path: Optional[str] = BlocksPathOpt,
+    attention_modules: Optional[str] = AttentionModulesOpt, mlp_modules: Optional[str] = MlpModulesOpt,
 ) -> None:
     """Train one method (aletheia: probe-selected layers; standard: every layer) into a run folder."""
     from .recipe import run_training
@@ -145,7 +171,9 @@ def train(
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
                        selector=selector, probe_mode=probe_mode, layers=layers, lr=lr,
                        attention_rank=attention_rank, mlp_rank=mlp_rank, dtype=dtype,
-                       accuracy_examples=accuracy_examples)
+                       accuracy_examples=accuracy_examples, quantize=quantize, device_map=device_map,
+                       gradient_checkpointing=gradient_checkpointing, blocks_path=blocks_path,
+                       attention_modules=attention_modules, mlp_modules=mlp_modules)
     if output is None and config is None:
         cfg.output = f"runs/{cfg.method}"
     s = run_training(cfg, progress=not quiet, device=device, overwrite=overwrite)
@@ -166,6 +194,9 @@ def compare(
     layers: Optional[str] = LayersOpt, lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     accuracy_examples: Optional[int] = AccuracyOpt, overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
+    quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
+    gradient_checkpointing: Optional[bool] = CheckpointingOpt, blocks_path: Optional[str] = BlocksPathOpt,
+    attention_modules: Optional[str] = AttentionModulesOpt, mlp_modules: Optional[str] = MlpModulesOpt,
 ) -> None:
     """The main job: probe once, train standard LoRA and Aletheia paired, print the comparison."""
     from .compare import run_compare
@@ -173,7 +204,9 @@ def compare(
     cfg = build_config(config, model=model, data=data, output=output, seed=seed, steps=steps,
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
                        selector=selector, probe_mode=probe_mode, layers=layers, lr=lr, dtype=dtype,
-                       accuracy_examples=accuracy_examples)
+                       accuracy_examples=accuracy_examples, quantize=quantize, device_map=device_map,
+                       gradient_checkpointing=gradient_checkpointing, blocks_path=blocks_path,
+                       attention_modules=attention_modules, mlp_modules=mlp_modules)
     if output is None and config is None:
         cfg.output = "runs/compare"
     run_compare(cfg, progress=not quiet, device=device, overwrite=overwrite)
