@@ -38,6 +38,13 @@ DtypeOpt = typer.Option(None, help="auto, float32, bfloat16 or float16.")
 DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a finished run in the output folder.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+EvalTasksOpt = typer.Option(None, "--tasks", help="Comma-separated: mmlu,gsm8k,humaneval,heldout (default all).")
+MMLUPathOpt = typer.Option(None, "--mmlu-path", help="Folder of the MMLU CSVs (test/ and dev/).")
+GSM8KPathOpt = typer.Option(None, "--gsm8k-path", help="GSM8K test JSONL (train.jsonl beside it gives the shots).")
+HumanEvalPathOpt = typer.Option(None, "--humaneval-path", help="HumanEval JSONL or JSONL.gz.")
+AllowExecOpt = typer.Option(False, "--allow-code-execution",
+                            help="Run model-written HumanEval code (in the sandbox). Off by default.")
+EvalConfigOpt = typer.Option(None, "--eval-config", help="YAML EvalConfig; flags override it.")
 AccuracyOpt = typer.Option(None, "--accuracy-examples",
                            help="Held-out bootstrap items answered greedily for accuracy (default 32, 0 = off).")
 
@@ -197,6 +204,10 @@ def compare(
     quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
     gradient_checkpointing: Optional[bool] = CheckpointingOpt, blocks_path: Optional[str] = BlocksPathOpt,
     attention_modules: Optional[str] = AttentionModulesOpt, mlp_modules: Optional[str] = MlpModulesOpt,
+    eval_: bool = typer.Option(False, "--eval", help="Also benchmark base, standard and Aletheia: forgetting table."),
+    eval_config: Optional[Path] = EvalConfigOpt, eval_tasks: Optional[str] = EvalTasksOpt,
+    mmlu_path: Optional[str] = MMLUPathOpt, gsm8k_path: Optional[str] = GSM8KPathOpt,
+    humaneval_path: Optional[str] = HumanEvalPathOpt, allow_code_execution: bool = AllowExecOpt,
 ) -> None:
     """The main job: probe once, train standard LoRA and Aletheia paired, print the comparison."""
     from .compare import run_compare
@@ -209,7 +220,64 @@ def compare(
                        attention_modules=attention_modules, mlp_modules=mlp_modules)
     if output is None and config is None:
         cfg.output = "runs/compare"
-    run_compare(cfg, progress=not quiet, device=device, overwrite=overwrite)
+    eval_cfg = None
+    if eval_ or eval_config:
+        eval_cfg = build_eval_config(eval_config, tasks=eval_tasks, mmlu_path=mmlu_path, gsm8k_path=gsm8k_path,
+                                     humaneval_path=humaneval_path, allow_code_execution=allow_code_execution)
+    run_compare(cfg, progress=not quiet, device=device, overwrite=overwrite, eval_cfg=eval_cfg)
+
+
+def build_eval_config(eval_config: Optional[Path] = None, **flags):
+    """Load ``eval_config`` (or defaults) and apply the evaluation flags that were given."""
+    from .evaluation.suite import EvalConfig
+
+    cfg = EvalConfig.from_yaml(eval_config) if eval_config else EvalConfig()
+    for key, value in flags.items():
+        if value is None or (key == "allow_code_execution" and not value):
+            continue
+        if key == "tasks":
+            value = _names(value)
+        if key == "data":
+            cfg.data.path = value
+            continue
+        setattr(cfg, key, value)
+    return cfg.validate()
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Optional[str] = ModelOpt,
+    adapter: Optional[str] = typer.Option(None, help="Run folder with an adapter (or a compare folder: both)."),
+    tasks: Optional[str] = EvalTasksOpt, mmlu_path: Optional[str] = MMLUPathOpt,
+    gsm8k_path: Optional[str] = GSM8KPathOpt, humaneval_path: Optional[str] = HumanEvalPathOpt,
+    allow_code_execution: bool = AllowExecOpt,
+    backend: Optional[str] = typer.Option(None, help="native (default) or lm-eval (MMLU and GSM8K)."),
+    data: Optional[str] = typer.Option(None, help="Held-out loss data (default: the run's data, else bootstrap)."),
+    mmlu_n: Optional[int] = typer.Option(None, "--mmlu-n", help="MMLU subset size (default 200; 0 = all)."),
+    mmlu_shots: Optional[int] = typer.Option(None, "--mmlu-shots", help="MMLU few-shot examples (default 5)."),
+    mmlu_questions: Optional[str] = typer.Option(None, "--mmlu-questions",
+                                                 help="Reuse a saved (subject, index) list or eval.json."),
+    gsm8k_n: Optional[int] = typer.Option(None, "--gsm8k-n", help="GSM8K subset size (default 200; 0 = all)."),
+    gsm8k_format: Optional[str] = typer.Option(None, "--gsm8k-format", help="auto, 8shot or chat-0shot."),
+    humaneval_n: Optional[int] = typer.Option(None, "--humaneval-n", help="HumanEval problems (default 164)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
+                                                 help="Generation cap for GSM8K and HumanEval (default 256/512)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts generated together (default 8)."),
+    seed: Optional[int] = typer.Option(None, help="Subset seed (default 1234)."),
+    eval_config: Optional[Path] = EvalConfigOpt,
+    output: Path = typer.Option(Path("eval.json"), "--output", "-o", help="Result file."),
+    device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
+) -> None:
+    """Benchmarks (MMLU-200, GSM8K-200, HumanEval-164, held-out loss) for a model and its adapter."""
+    from .evaluation.run import run_eval
+
+    cfg = build_eval_config(eval_config, tasks=tasks, mmlu_path=mmlu_path, gsm8k_path=gsm8k_path,
+                            humaneval_path=humaneval_path, allow_code_execution=allow_code_execution,
+                            backend=backend, data=data, mmlu_n=mmlu_n, mmlu_shots=mmlu_shots,
+                            mmlu_questions=mmlu_questions, gsm8k_n=gsm8k_n, gsm8k_format=gsm8k_format,
+                            humaneval_n=humaneval_n, gsm8k_max_new_tokens=max_new_tokens,
+                            humaneval_max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    run_eval(model, adapter, cfg, output, progress=not quiet, device=device, data_given=data is not None)
 
 
 campaign_app = typer.Typer(no_args_is_help=True, help="Paired multi-seed campaigns: models × seeds × recipes.")

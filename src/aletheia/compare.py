@@ -51,7 +51,9 @@ def comparison_table(std: dict, ale: dict, markdown: bool = False) -> str:
     return "\n".join([fmt(head), "-" * (sum(widths) + 4)] + [fmt(r) for r in rows])
 
 
-def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None, overwrite: bool = False) -> dict:
+def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None, overwrite: bool = False,
+                eval_cfg=None) -> dict:
+    """``eval_cfg`` (an ``EvalConfig``): also benchmark base, standard and Aletheia (forgetting table)."""
     cfg.validate()
     out = Path(cfg.output)
     check_output(out, overwrite)
@@ -86,8 +88,18 @@ def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None
           f"{selection.layers} of {selection.num_layers}.\n\n"
           + comparison_table(std, ale, markdown=True)
           + "\n\n![probe scores](probe_scores.png)\n")
+    forgetting_text = None
+    if eval_cfg is not None:
+        from .evaluation.run import evaluate_compare
+
+        ev = evaluate_compare(cfg, out, eval_cfg, progress, device)
+        comparison["forgetting"] = ev["forgetting"]
+        forgetting_text = ev["table"]
+        md += "\n## Forgetting (benchmarks, base vs fine-tuned)\n\n" + ev["markdown"] + "\n"
     write_json(out / "comparison.json", comparison)
     atomic_write_text(out / "comparison.md", md)
     print(table)
+    if forgetting_text:
+        print("\n" + forgetting_text)
     print(f"\nrun folders: {out / 'standard'}  {out / 'aletheia'}   summary: {out / 'comparison.md'}")
     return comparison

@@ -1,0 +1,159 @@
+"""``aletheia eval``: load the base model once, evaluate it and each adapter from that same load.
+
+PEFT's ``disable_adapter()`` gives exactly the base model, so base and fine-tuned results come from
+one set of weights in memory and differ only by the adapter. Writes ``eval.json`` with every metric,
+the exact questions, the settings, the time of each benchmark and the package versions.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RunConfig
+from ..errors import AletheiaError
+from ..models import load_model_and_tokenizer
+from ..utils import git_revision, package_versions, resolve_device, write_json
+from .forgetting import forgetting_report, forgetting_table
+from .suite import EvalConfig, run_suite
+
+VERSION_PACKAGES = ("aletheia", "torch", "transformers", "peft", "lm_eval", "datasets")
+
+
+def _is_adapter(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file()
+
+
+def find_adapters(path: str | Path) -> dict[str, Path]:
+    """A run folder (``{name: folder}``), or a ``compare`` folder holding ``standard/`` and ``aletheia/``."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise AletheiaError(f"adapter folder not found: {p} (pass a run folder written by aletheia train/compare)")
+    if _is_adapter(p):
+        return {"adapter": p}
+    found = {name: p / name for name in ("standard", "aletheia") if _is_adapter(p / name)}
+    if not found:
+        raise AletheiaError(f"{p} holds no adapter (adapter_config.json); pass a run folder from aletheia train "
+                            "or a compare folder with standard/ and aletheia/")
+    return found
+
+
+def run_config_of(folder: Path) -> RunConfig | None:
+    for candidate in (folder / "config.yaml", folder.parent / "config.yaml"):
+        if candidate.is_file():
+            return RunConfig.from_yaml(candidate)
+    return None
+
+
+def evaluate_models(
+    model: str | None, adapters: dict[str, Path], cfg: EvalConfig, progress: bool = True,
+    device: str | None = None, log=print,
+) -> dict[str, Any]:
+    """Results of the base model and of each adapter, all from a single load of the base weights."""
+    dev = resolve_device(device)
+    base, tokenizer = load_model_and_tokenizer(model, dtype=torch.float32 if dev.type == "cpu" else torch.bfloat16,
+                                               device=dev)
+    base.config.use_cache = True  # generation reuses the KV cache
+    source = base.aletheia_source
+    results: dict[str, Any] = {}
+    lm = base
+    if adapters:
+        from peft import PeftModel
+
+        names = list(adapters)
+        lm = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
+        for name in names[1:]:
+            lm.load_adapter(str(adapters[name]), adapter_name=name)
+    tasks = list(cfg.tasks)
+    log(f"evaluating base model {source} on {', '.join(tasks)}")
+    with lm.disable_adapter() if adapters else nullcontext():
+        results["base"] = run_suite(lm, tokenizer, tasks, cfg, progress)
+    for name in adapters:
+        lm.set_adapter(name)
+        log(f"evaluating adapter '{name}' ({adapters[name]})")
+        results[name] = run_suite(lm, tokenizer, tasks, cfg, progress)
+    return {"model_path": source, "results": results}
+
+
+def summary_line(name: str, res: dict[str, Any]) -> str:
+    parts = []
+    if "mmlu" in res and res["mmlu"].get("accuracy") is not None:
+        parts.append(f"MMLU {res['mmlu']['accuracy']:.1%} (n={res['mmlu']['n']}, {res['mmlu']['shots']}-shot)")
+    if "gsm8k" in res and res["gsm8k"].get("strict_match") is not None:
+        g = res["gsm8k"]
+        parts.append(f"GSM8K strict {g['strict_match']:.1%} flexible {g['flexible_extract']:.1%} (n={g['n']})")
+    if "humaneval" in res:
+        h = res["humaneval"]
+        parts.append(f"HumanEval pass@1 {h['pass@1']:.1%} (n={h['n']})" if h.get("pass@1") is not None
+                     else "HumanEval skipped (needs --allow-code-execution)")
+    if "heldout" in res:
+        parts.append(f"held-out loss {res['heldout']['loss']:.4f}")
+    times = ", ".join(f"{t} {r['seconds']:.0f}s" for t, r in res.items() if isinstance(r, dict) and "seconds" in r)
+    return f"{name}: " + "; ".join(parts) + f"  [{times}]"
+
+
+def run_eval(
+    model: str | None, adapter: str | None, cfg: EvalConfig, output: str | Path = "eval.json",
+    progress: bool = True, device: str | None = None, data_given: bool = False,
+) -> dict[str, Any]:
+    """``aletheia eval``: evaluate, write ``output`` (eval.json), print one line per model."""
+    cfg.validate()
+    adapters = find_adapters(adapter) if adapter else {}
+    if adapters:
+        run_cfg = run_config_of(next(iter(adapters.values())))
+        if run_cfg is not None:
+            model = model if model is not None else run_cfg.model
+            if not data_given:  # reproduce the run's own held-out split
+                cfg.data, cfg.data_seed = run_cfg.data, run_cfg.seed
+    log = lambda m: print(f"aletheia: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    if "humaneval" in cfg.tasks and not cfg.allow_code_execution:
+        log("HumanEval skipped: it executes model-written code; add --allow-code-execution to run it in the sandbox")
+    start = time.perf_counter()
+    ev = evaluate_models(model, adapters, cfg, progress, device, log)
+    out = {
+        "model": model or "default", "model_path": ev["model_path"],
+        "adapters": {k: str(v) for k, v in adapters.items()},
+        "settings": cfg.to_dict(), "results": ev["results"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "device": str(resolve_device(device)), "torch_threads": torch.get_num_threads(),
+        "versions": package_versions(VERSION_PACKAGES), "git_revision": git_revision(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    names = list(ev["results"])
+    if adapters:
+        report = forgetting_report(ev["results"])
+        out["forgetting"] = report
+    write_json(output, out)
+    for name in names:
+        print(summary_line(name, ev["results"][name]))
+    if adapters:
+        print()
+        print(forgetting_table(out["forgetting"], names))
+    print(f"wrote {output}")
+    return out
+
+
+def evaluate_compare(run_cfg: RunConfig, folder: Path, cfg: EvalConfig, progress: bool = True,
+                     device: str | None = None) -> dict[str, Any]:
+    """``compare --eval``: base, standard and Aletheia from one load; writes ``folder/eval.json``."""
+    cfg.data, cfg.data_seed = run_cfg.data, run_cfg.seed  # held-out loss on the runs' own split
+    cfg.validate()
+    log = lambda m: print(f"aletheia: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    adapters = {"standard": folder / "standard", "aletheia": folder / "aletheia"}
+    start = time.perf_counter()
+    ev = evaluate_models(run_cfg.model, adapters, cfg, progress, device, log)
+    report = forgetting_report(ev["results"])
+    names = list(ev["results"])
+    write_json(folder / "eval.json", {
+        "model": run_cfg.model or "default", "model_path": ev["model_path"],
+        "adapters": {k: str(v) for k, v in adapters.items()}, "settings": cfg.to_dict(),
+        "results": ev["results"], "forgetting": report, "seconds": round(time.perf_counter() - start, 1),
+        "versions": package_versions(VERSION_PACKAGES), "git_revision": git_revision(),
+    })
+    return {"forgetting": report, "table": forgetting_table(report, names),
+            "markdown": forgetting_table(report, names, markdown=True)}
