@@ -148,28 +148,26 @@ def resolve_architecture(
 ) -> Architecture:
     """The architecture of ``model`` with any hand-given names replacing the found ones.
 
-    With all three given, nothing is looked up; otherwise the missing parts come from the registry
-    or the generic fallback. The names are checked against the model either way.
+    The missing parts come from the registry entry, else the generic search (whose block list is
+    used even when it cannot sort the linear layers). Hand-given names are checked against the model.
     """
     if blocks_path is None and attention is None and mlp is None:
         return get_architecture(model)
-    if blocks_path is not None and attention is not None and mlp is not None:
-        model_type = model_type_of(model) or "custom"
-        arch = Architecture("custom", (model_type,), blocks_path, tuple(attention), tuple(mlp))
-    else:
+    model_type = model_type_of(model) or type(_base_model(model)).__name__
+    found = next((a for a in ARCHITECTURES.values() if model_type in a.model_types), None)
+    if found is None:
         try:
-            found = get_architecture(model) if blocks_path is None else infer_architecture(model, blocks_path)
+            found = infer_architecture(model, blocks_path)
         except AletheiaError:
-            if blocks_path is None:
-                raise
-            found = Architecture("custom", (model_type_of(model) or "custom",), blocks_path, (), ())
-        arch = replace(
-            found,
-            family=found.family if found.family != "generic" else "custom",
-            blocks_path=blocks_path or found.blocks_path,
-            attention=tuple(attention) if attention is not None else found.attention,
-            mlp=tuple(mlp) if mlp is not None else found.mlp,
-        )
+            path = blocks_path or find_blocks(model)[0]
+            found = Architecture("custom", (model_type,), path, (), ())
+    arch = replace(
+        found,
+        family="custom" if found.family == "generic" else found.family,
+        blocks_path=blocks_path or found.blocks_path,
+        attention=tuple(attention) if attention is not None else found.attention,
+        mlp=tuple(mlp) if mlp is not None else found.mlp,
+    )
     _check_names(model, arch)
     return arch
 
@@ -257,29 +255,33 @@ def _classify(path: str) -> str | None:
     return None
 
 
-def infer_architecture(model: nn.Module, blocks_path: str | None = None) -> Architecture:
-    """Find the blocks and sort their linear layers into attention and MLP by name, or explain why not.
-
-    The blocks are the longest of the outermost ``ModuleList``s whose entries all share one class
-    (lists nested in a block, such as experts, do not compete with the block list).
-    """
+def find_blocks(model: nn.Module, blocks_path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """The block list: at ``blocks_path``, else the longest of the outermost ``ModuleList``s whose
+    entries all share one class (lists nested in a block, such as experts, do not compete)."""
     base = _base_model(model)
     model_type = model_type_of(model) or type(base).__name__
     lists = _module_lists(base)
     found = ", ".join(f"{n} ({len(m)} x {type(m[0]).__name__})" for n, m in lists) or "none"
-    if blocks_path is None:
-        uniform = [(n, m) for n, m in lists if len({type(b) for b in m}) == 1]
-        outer = [(n, m) for n, m in uniform if not any(n.startswith(o + ".") for o, _ in uniform)]
-        if not outer:
-            raise AletheiaError(
-                f"unknown architecture '{model_type}': no ModuleList of identical blocks found "
-                f"(ModuleLists: {found}); {OVERRIDE_HINT}"
-            )
-        blocks_path, blocks = max(outer, key=lambda nm: len(nm[1]))  # first of the longest
-    else:
+    if blocks_path is not None:
         blocks = _resolve_path(base, blocks_path, model_type)
         if not isinstance(blocks, nn.ModuleList):
             raise AletheiaError(f"'{blocks_path}' is not a ModuleList (ModuleLists: {found}); {OVERRIDE_HINT}")
+        return blocks_path, blocks
+    uniform = [(n, m) for n, m in lists if len({type(b) for b in m}) == 1]
+    outer = [(n, m) for n, m in uniform if not any(n.startswith(o + ".") for o, _ in uniform)]
+    if not outer:
+        raise AletheiaError(
+            f"unknown architecture '{model_type}': no ModuleList of identical blocks found "
+            f"(ModuleLists: {found}); {OVERRIDE_HINT}"
+        )
+    return max(outer, key=lambda nm: len(nm[1]))  # the first of the longest
+
+
+def infer_architecture(model: nn.Module, blocks_path: str | None = None) -> Architecture:
+    """Find the blocks (``find_blocks``) and sort their linear layers into attention and MLP by
+    name, or explain why not."""
+    model_type = model_type_of(model) or type(_base_model(model)).__name__
+    blocks_path, blocks = find_blocks(model, blocks_path)
     names = _linear_names(blocks[0])
     groups: dict[str, list[str]] = {"attention": [], "mlp": [], None: []}
     for path in names:
