@@ -1,0 +1,499 @@
+"""The search pipeline: probe → quick scan → full runs → push → (optuna) → factorial ablation.
+
+Every run is one campaign job: ``aletheia.campaign.run_one`` trains it with
+``aletheia.recipe.run_training`` into ``OUT/runs/RUN_ID/`` and writes ``record.json`` as its last
+step, and the campaign executors (``local``, ``ray``, ``slurm``) map it over a stage's runs. An arm's
+layers are the top k of the saved probe ranking, passed as explicit layers; its ranks, modules and lr
+go into the run's ``RunConfig``.
+
+Resuming. The probe is saved once (``probe.json``). Each stage writes its plan
+(``stages/STAGE.plan.json``) before it runs anything and its decisions (``stages/STAGE.json``) when
+all its runs have records; a stage with decisions is done. Rerunning the same command after a stop
+skips done stages, reuses a started stage's plan and skips its finished runs (their records are
+never rewritten); a run that was cut off is cleared and started again.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..campaign.executors import get_executor
+from ..campaign.models import materialize_model
+from ..campaign.runner import RECORD_FILE, RunJob, read_record, run_one
+from ..campaign.spec import ModelSpec
+from ..config import RunConfig
+from ..errors import AletheiaError
+from ..utils import atomic_write_text, write_json
+from .ablation import factorial_2x2
+from .config import FACTORS, ArmSpec, SearchConfig
+
+CONFIG_FILE = "search.yaml"
+PROBE_FILE = "probe.json"
+STAGES = ("probe", "scan", "full", "push", "optuna", "ablation")
+
+
+def log(msg: str) -> None:
+    print(f"aletheia: search: {msg}", file=sys.stderr, flush=True)
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+def arm_entry(stage: str, arm: ArmSpec, steps: int, seed: int, ranking: list[int], run_id: str,
+              **extra: Any) -> dict:
+    """A planned run: the arm's settings, its layers (top k of the probe ranking), steps and seed."""
+    return {"run_id": run_id, "stage": stage, "arm": arm.name, "method": "aletheia",
+            "settings": arm.settings(), "layers": sorted(ranking[: arm.layers]), "steps": steps,
+            "seed": seed, **extra}
+
+
+def baseline_entry(stage: str, cfg: SearchConfig, steps: int) -> dict:
+    """Standard LoRA (every layer, ``adapter.standard_rank``, the base lr) at ``steps``."""
+    return {"run_id": f"{stage}__standard", "stage": stage, "arm": "standard", "method": "standard",
+            "settings": None, "layers": None, "steps": steps, "seed": cfg.seed}
+
+
+def make_job(entry: dict, cfg: SearchConfig, out: Path) -> RunJob:
+    """The campaign job of a planned run."""
+    rc = RunConfig(model=None if cfg.model == "default" else cfg.model, method=entry["method"],
+                   seed=entry["seed"], output=str(out / "runs" / entry["run_id"]),
+                   eval_accuracy_examples=cfg.eval_accuracy_examples, data=cfg.data.replace(),
+                   probe=cfg.probe.replace(layers=entry["layers"]), adapter=cfg.adapter.replace(),
+                   train=cfg.train.replace(steps=entry["steps"], betas=list(cfg.train.betas)))
+    s = entry["settings"]
+    if s is not None:
+        rc.adapter.modules, rc.train.lr = s["modules"], s["lr"]
+        rc.adapter.attention_rank, rc.adapter.mlp_rank = s["attention_rank"], s["mlp_rank"]
+    rc.validate()
+    return RunJob(run_id=entry["run_id"], campaign_dir=str(out), model=model_key(cfg), model_id=cfg.model,
+                  seed=entry["seed"], recipe=entry["arm"], budget=None, config=rc.to_dict(),
+                  device=cfg.device, gpus=cfg.executor.gpus_per_run, reuse_probe=True)
+
+
+def model_key(cfg: SearchConfig) -> str:
+    return ModelSpec(id=cfg.model).key
+
+
+def run_entries(entries: list[dict], cfg: SearchConfig, out: Path, stage: str) -> list[dict]:
+    """Run the planned runs that have no record yet through the configured executor; return rows."""
+    jobs = [make_job(e, cfg, out) for e in entries]
+    todo = [j for j in jobs if read_record(j.run_dir) is None]
+    if todo:
+        ensure_shared_probe(cfg, out, {j.seed for j in todo})
+        done_before = len(jobs) - len(todo)
+        count = [done_before]
+
+        def on_event(kind: str, job: RunJob, record: dict | None) -> None:
+            if kind == "done" and record is not None:
+                count[0] += 1
+                loss = record.get("eval_loss")
+                log(f"{stage} {count[0]}/{len(jobs)} {job.run_id}: {record.get('status')}, held-out loss "
+                    f"{'-' if loss is None else f'{loss:.4f}'}, train {record.get('train_seconds') or 0:.1f}s")
+
+        log(f"{stage}: {len(todo)} run(s) to do, {done_before} already recorded")
+        executor = get_executor(cfg.executor, out)
+        for job, record in zip(todo, executor.map(run_one, todo, on_event)):
+            if read_record(job.run_dir) is None:  # the executor lost the job: record why
+                job.run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(job.run_dir / RECORD_FILE, record)
+    return [row_of(e, read_record(make_job(e, cfg, out).run_dir)) for e in entries]
+
+
+def row_of(entry: dict, record: dict | None) -> dict:
+    """A planned run joined with its record: the numbers the stages and the report use."""
+    r = record or {"status": "missing"}
+    ok = r.get("status") == "completed" and _finite(r.get("eval_loss"))
+    return {**entry, "status": r.get("status"), "reason": r.get("reason"),
+            "eval_loss": r.get("eval_loss") if ok else None, "eval_loss_before": r.get("eval_loss_before"),
+            "train_seconds": r.get("train_seconds"), "step_seconds": r.get("median_step_seconds"),
+            "trainable_params": r.get("trainable_params"), "adapted_layers": r.get("selected_layers"),
+            "accuracy": r.get("accuracy"), "ok": bool(ok)}
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def add_speed(rows: list[dict], baselines: list[dict]) -> list[dict]:
+    """Speed vs standard LoRA: baseline train time / this run's, against the baseline with the same
+    steps (else the ratio of median step times)."""
+    by_steps = {b["steps"]: b for b in baselines if b["ok"] and b.get("train_seconds")}
+    any_base = next(iter(by_steps.values()), None)
+    for r in rows:
+        r["speedup"] = None
+        r["speed_basis"] = None
+        base = by_steps.get(r["steps"])
+        if base is not None and r.get("train_seconds"):
+            r["speedup"] = base["train_seconds"] / r["train_seconds"]
+            r["speed_basis"] = base["run_id"]
+        elif any_base is not None and r.get("step_seconds") and any_base.get("step_seconds"):
+            r["speedup"] = any_base["step_seconds"] / r["step_seconds"]
+            r["speed_basis"] = f"{any_base['run_id']} (median step time)"
+    return rows
+
+
+def rank_rows(rows: list[dict], decimals: int) -> list[dict]:
+    """Completed aletheia runs, best first: held-out loss rounded to ``decimals``, ties to the faster."""
+    ok = [r for r in rows if r["ok"] and r["method"] == "aletheia"]
+    return sorted(ok, key=lambda r: (round(r["eval_loss"], decimals), r.get("train_seconds") or float("inf"),
+                                     r["run_id"]))
+
+
+# --- the probe, once ----------------------------------------------------------------------------
+
+def run_probe_stage(cfg: SearchConfig, out: Path) -> dict:
+    """Probe the model on the user's data once; every arm takes its layers from this ranking."""
+    path = out / PROBE_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    from ..plots import plot_probe_scores
+    from ..recipe import prepare, probe_and_select
+    from ..selection import write_probe_json
+
+    model_path = materialize_model(ModelSpec(id=cfg.model), out)
+    rc = RunConfig(model=model_path, seed=cfg.seed, output=str(out), data=cfg.data.replace(),
+                   probe=cfg.probe.replace(), train=cfg.train.replace(betas=list(cfg.train.betas)))
+    log("probe: scoring every layer on the training data")
+    ws = prepare(rc, cfg.device)
+    selection = probe_and_select(rc, ws, progress=False)
+    write_probe_json(path, selection, model_path=ws.model_path, seed=cfg.seed, probed_by="search probe")
+    plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
+    del ws
+    gc.collect()
+    return json.loads(path.read_text())
+
+
+def ensure_shared_probe(cfg: SearchConfig, out: Path, seeds: set[int]) -> None:
+    """Put the search's probe where ``run_one`` looks for a shared one, for every seed, so no run
+    probes again (the arms' layers are explicit; the scores are kept for the record)."""
+    probe = json.loads((out / PROBE_FILE).read_text())
+    for seed in seeds:
+        target = out / "shared" / model_key(cfg) / f"seed-{seed}" / PROBE_FILE
+        if not target.is_file():
+            write_json(target, {**probe, "probed_by": "search probe"})
+
+
+# --- stages -------------------------------------------------------------------------------------
+
+class Search:
+    """State shared by the stages: the config, the folder, the probe ranking, the stage results."""
+
+    def __init__(self, cfg: SearchConfig, out: Path, probe: dict):
+        self.cfg, self.out, self.probe = cfg, out, probe
+        self.ranking: list[int] = probe["ranking"]
+        self.num_layers: int = probe["num_layers"]
+
+    def stage_file(self, stage: str, plan: bool = False) -> Path:
+        return self.out / "stages" / f"{stage}{'.plan' if plan else ''}.json"
+
+    def decisions(self, stage: str) -> dict | None:
+        path = self.stage_file(stage)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def plan(self, stage: str, make: Callable[[], list[dict]]) -> list[dict]:
+        """The stage's saved plan, or a new one saved before any of its runs starts."""
+        path = self.stage_file(stage, plan=True)
+        if path.is_file():
+            return json.loads(path.read_text())["runs"]
+        entries = make()
+        write_json(path, {"stage": stage, "runs": entries})
+        return entries
+
+    def finish(self, stage: str, decisions: dict) -> dict:
+        write_json(self.stage_file(stage), {"stage": stage, **decisions})
+        log(f"{stage}: {decisions.get('summary', 'done')}")
+        return decisions
+
+    def entry(self, stage: str, arm: ArmSpec, steps: int, seed: int | None = None, run_id: str | None = None,
+              **extra: Any) -> dict:
+        if arm.layers > self.num_layers:
+            raise AletheiaError(f"arm '{arm.name}' asks for {arm.layers} layers but the model has "
+                                f"{self.num_layers}; lower its 'layers' in the search config")
+        return arm_entry(stage, arm, steps, self.cfg.seed if seed is None else seed, self.ranking,
+                         run_id or f"{stage}__{arm.name}", **extra)
+
+    def rows(self, stage: str) -> list[dict]:
+        """The rows of a stage's plan with their records (for the report)."""
+        path = self.stage_file(stage, plan=True)
+        if not path.is_file():
+            return []
+        return [row_of(e, read_record(self.out / "runs" / e["run_id"]))
+                for e in json.loads(path.read_text())["runs"]]
+
+    # quick scan --------------------------------------------------------------------------------
+    def scan(self) -> dict:
+        cfg = self.cfg
+        if (d := self.decisions("scan")) is not None:
+            return d
+
+        def make() -> list[dict]:
+            entries = [self.entry("scan", arm, cfg.scan.steps) for arm in cfg.scan.arms]
+            if cfg.scan.baseline:
+                entries.append(baseline_entry("scan", cfg, cfg.scan.steps))
+            return entries
+
+        rows = run_entries(self.plan("scan", make), cfg, self.out, "scan")
+        add_speed(rows, [r for r in rows if r["method"] == "standard"])
+        ranked = rank_rows(rows, cfg.tie_decimals)
+        if not ranked:
+            raise AletheiaError("scan: no arm completed; see the runs' error.txt and log.txt under "
+                                f"{self.out / 'runs'}, then rerun")
+        advance = [r["arm"] for r in ranked[: cfg.full.candidates]]
+        failed = [r["arm"] for r in rows if not r["ok"]]
+        return self.finish("scan", {
+            "ranking": [_brief(r) for r in ranked], "advance": advance, "failed": failed,
+            "summary": (f"{len(ranked)} arm(s) completed; top {len(advance)} by held-out loss at "
+                        f"{cfg.scan.steps} steps (ties to the faster) advance: {', '.join(advance)}"),
+        })
+
+    # full runs ---------------------------------------------------------------------------------
+    def full(self, scan: dict) -> dict:
+        cfg = self.cfg
+        if (d := self.decisions("full")) is not None:
+            return d
+        arms = {a.name: a for a in cfg.scan.arms}
+
+        def make() -> list[dict]:
+            entries = [self.entry("full", arms[name], cfg.full.steps) for name in scan["advance"]]
+            return entries + [baseline_entry("full", cfg, cfg.full.steps)]
+
+        rows = run_entries(self.plan("full", make), cfg, self.out, "full")
+        add_speed(rows, [r for r in rows if r["method"] == "standard"])
+        ranked = rank_rows(rows, cfg.tie_decimals)
+        if not ranked:
+            raise AletheiaError(f"full: no candidate completed; see the runs under {self.out / 'runs'}, then rerun")
+        w = ranked[0]
+        base = next((r for r in rows if r["method"] == "standard"), None)
+        return self.finish("full", {
+            "ranking": [_brief(r) for r in ranked], "winner": _brief(w),
+            "baseline": _brief(base) if base else None,
+            "summary": f"winner at {cfg.full.steps} steps: {w['arm']} (held-out loss {w['eval_loss']:.4f}"
+                       + (f", standard LoRA {base['eval_loss']:.4f}" if base and base["ok"] else "") + ")",
+        })
+
+    # push --------------------------------------------------------------------------------------
+    def push(self, full: dict) -> dict:
+        cfg = self.cfg
+        if (d := self.decisions("push")) is not None:
+            return d
+        winner = _arm_of(full["winner"])
+        notes: list[str] = []
+
+        def make() -> list[dict]:
+            seen = {_key(winner)}
+            entries = []
+            for v in cfg.push.variations:
+                k = winner.layers + v.layers_delta
+                if k > self.num_layers or k < 1:
+                    notes.append(f"{v.name}: k={k} is outside 1..{self.num_layers}; capped")
+                    k = min(max(k, 1), self.num_layers)
+                arm = ArmSpec(name=v.name, layers=k, modules=winner.modules,
+                              attention_rank=max(1, round(winner.attention_rank * v.rank_factor)),
+                              mlp_rank=max(1, round(winner.mlp_rank * v.rank_factor)), lr=winner.lr * v.lr_factor)
+                if _key(arm) in seen:
+                    notes.append(f"{v.name}: same settings as an earlier run; skipped")
+                    continue
+                seen.add(_key(arm))
+                entries.append(self.entry("push", arm, cfg.full.steps, around=winner.name))
+            return entries
+
+        rows = run_entries(self.plan("push", make), cfg, self.out, "push")
+        return self.finish("push", {"around": full["winner"]["arm"], "notes": notes,
+                                    **self._leader(rows, "push")})
+
+    def _leader(self, new_rows: list[dict], stage: str) -> dict:
+        """The best full-length run so far (full, push, optuna), with the new rows ranked."""
+        rows = self.full_length_rows()
+        ranked = rank_rows(rows, self.cfg.tie_decimals)
+        w = ranked[0]
+        new = rank_rows(new_rows, self.cfg.tie_decimals)
+        changed = w["stage"] == stage
+        return {"ranking": [_brief(r) for r in new], "winner": _brief(w),
+                "summary": (f"{'new' if changed else 'no change:'} leader {w['arm']} "
+                            f"(held-out loss {w['eval_loss']:.4f} at {self.cfg.full.steps} steps)")}
+
+    def full_length_rows(self) -> list[dict]:
+        rows = self.rows("full") + self.rows("push") + [r for r in self.rows("optuna") if r["steps"] ==
+                                                          self.cfg.full.steps]
+        return add_speed(rows, [r for r in self.rows("full") if r["method"] == "standard"])
+
+    # optuna ------------------------------------------------------------------------------------
+    def optuna(self, leader: dict) -> dict:
+        if (d := self.decisions("optuna")) is not None:
+            return d
+        if self.cfg.optuna.trials == 0:
+            return self.finish("optuna", {"skipped": True, "winner": leader,
+                                          "summary": "skipped (optuna.trials is 0)"})
+        from .optuna_stage import run_optuna_trials
+
+        rows, info = run_optuna_trials(self)
+        return self.finish("optuna", {**info, **self._leader(rows, "optuna")})
+
+    # ablation ----------------------------------------------------------------------------------
+    def ablation(self, leader: dict) -> dict:
+        cfg = self.cfg
+        if (d := self.decisions("ablation")) is not None:
+            return d
+        winner = _arm_of(leader)
+        factors, why = self.ablation_factors(winner)
+        (fa, la), (fb, lb) = factors.items()
+
+        def make() -> list[dict]:
+            entries = []
+            for i, va in enumerate(la):
+                for j, vb in enumerate(lb):
+                    arm = ArmSpec.from_dict({**winner.to_dict(), fa: va, fb: vb,
+                                             "name": f"{fa}-{_fmt(va)}__{fb}-{_fmt(vb)}"})
+                    for seed in cfg.ablation.seeds:
+                        entries.append(self.entry("ablation", arm, cfg.full.steps, seed=seed,
+                                                  run_id=f"ablation__{arm.name}__seed{seed}", cell=[i, j]))
+            return entries
+
+        rows = run_entries(self.plan("ablation", make), cfg, self.out, "ablation")
+        ok = [r for r in rows if r["ok"]]
+        analysis = factorial_2x2([r["eval_loss"] for r in ok], [r["cell"][0] for r in ok],
+                                 [r["cell"][1] for r in ok], names=(fa, fb))
+        means = analysis["cell_means"]
+        times = {(i, j): _mean([r["train_seconds"] for r in ok if r["cell"] == [i, j]]) for i in (0, 1)
+                 for j in (0, 1)}
+        best = min(((i, j) for i in (0, 1) for j in (0, 1)),
+                   key=lambda c: (round(means[c[0]][c[1]], cfg.tie_decimals), times[c] or float("inf")))
+        best_arm = {**winner.settings(), fa: la[best[0]], fb: lb[best[1]]}
+        sig = [t["term"] for t in analysis["terms"] if t["p"] < cfg.ablation.alpha]
+        return self.finish("ablation", {
+            "factors": {fa: la, fb: lb}, "why_factors": why, "base": winner.to_dict(), "analysis": analysis,
+            "cell_seconds": [[times[(i, j)] for j in (0, 1)] for i in (0, 1)],
+            "best_cell": {"cell": list(best), "settings": best_arm, "mean_eval_loss": means[best[0]][best[1]]},
+            "failed": [r["run_id"] for r in rows if not r["ok"]],
+            "significant": sig,
+            "summary": (f"{fa} {la} × {fb} {lb} × {len(cfg.ablation.seeds)} seeds; best cell {fa}={la[best[0]]}, "
+                        f"{fb}={lb[best[1]]} (mean loss {means[best[0]][best[1]]:.4f}); significant at "
+                        f"{cfg.ablation.alpha}: {', '.join(sig) or 'none'}"),
+        })
+
+    def ablation_factors(self, winner: ArmSpec) -> tuple[dict[str, list], str]:
+        """The configured factors, else the two whose quick-scan levels moved the mean loss most."""
+        given = self.cfg.ablation.factors
+        if given:
+            return ({k: list(v) for k, v in given.items()},
+                    "set in the search config (ablation.factors)")
+        rows = [r for r in self.rows("scan") if r["ok"] and r["method"] == "aletheia"]
+        spread = {}
+        for f in FACTORS:
+            by_level: dict[Any, list[float]] = {}
+            for r in rows:
+                by_level.setdefault(r["settings"][f], []).append(r["eval_loss"])
+            if len(by_level) < 2:
+                continue
+            means = {lvl: _mean(v) for lvl, v in by_level.items()}
+            own = getattr(winner, f)
+            others = {lvl: m for lvl, m in means.items() if lvl != own}
+            if not others:
+                continue
+            other = min(others, key=lambda lvl: (others[lvl], str(lvl)))
+            spread[f] = (max(means.values()) - min(means.values()), sorted([own, other], key=_order), means)
+        if len(spread) < 2:
+            raise AletheiaError("ablation: fewer than two factors vary across the quick-scan arms; set "
+                                "ablation.factors in the search config, e.g. {modules: [attention, mlp], "
+                                "lr: [0.0001, 0.0002]}")
+        top = sorted(spread, key=lambda f: (-spread[f][0], FACTORS.index(f)))[:2]
+        why = "; ".join(
+            f"{f}: quick-scan mean loss by level " + ", ".join(f"{_fmt(k)}={v:.4f}" for k, v in
+                                                              sorted(spread[f][2].items(), key=lambda x: _order(x[0])))
+            + f" (range {spread[f][0]:.4f}); levels: the leader's {_fmt(getattr(winner, f))} and the best other"
+            for f in top)
+        return {f: spread[f][1] for f in top}, "the two factors with the largest quick-scan range: " + why
+
+
+# --- the whole search ---------------------------------------------------------------------------
+
+def _comparable(cfg: SearchConfig) -> dict:
+    d = cfg.to_dict()
+    for key in ("executor", "name", "description", "device"):
+        d.pop(key, None)
+    return d
+
+
+def init_search_dir(cfg: SearchConfig, out: Path) -> None:
+    """Save the config, or check that a resumed search uses the same one."""
+    saved = out / CONFIG_FILE
+    if saved.is_file():
+        old = SearchConfig.from_dict(yaml.safe_load(saved.read_text()))
+        if _comparable(old) != _comparable(cfg):
+            raise AletheiaError(f"{out} holds a search with a different config ({saved}); resume it with the "
+                                "same config, or pass --output with a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, cfg.to_yaml())
+
+
+def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = None) -> dict:
+    """Run (or resume) every stage, then write ``SEARCH_REPORT.md``, the figure and ``summary.json``.
+
+    ``stop_after``: end after this stage (the report covers the stages done so far).
+    """
+    from .report import write_search_report
+
+    cfg.validate()
+    if stop_after is not None and stop_after not in STAGES:
+        raise AletheiaError(f"stop_after={stop_after!r} is not a stage; use one of {', '.join(STAGES)}")
+    out = Path(output)
+    init_search_dir(cfg, out)
+    search = Search(cfg, out, run_probe_stage(cfg, out))
+    for arm in cfg.scan.arms:  # fail before any training if an arm cannot fit the model
+        search.entry("scan", arm, cfg.scan.steps)
+    steps: list[tuple[str, Callable[[], Any]]] = []
+    state: dict[str, Any] = {}
+    steps = [
+        ("scan", lambda: search.scan()),
+        ("full", lambda: search.full(state["scan"])),
+        ("push", lambda: search.push(state["full"])),
+        ("optuna", lambda: search.optuna(state["push"]["winner"])),
+        ("ablation", lambda: search.ablation(state["optuna"]["winner"])),
+    ]
+    if stop_after != "probe":
+        for name, fn in steps:
+            state[name] = fn()
+            if name == stop_after:
+                break
+    return write_search_report(search)
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+def _brief(r: dict) -> dict:
+    keys = ("run_id", "stage", "arm", "method", "settings", "layers", "steps", "seed", "status", "eval_loss",
+            "train_seconds", "step_seconds", "speedup", "trainable_params")
+    return {k: r.get(k) for k in keys}
+
+
+def _arm_of(brief: dict) -> ArmSpec:
+    return ArmSpec(name=brief["arm"], **brief["settings"])
+
+
+def _key(arm: ArmSpec) -> tuple:
+    s = arm.settings()
+    if s["modules"] == "attention":
+        s["mlp_rank"] = None
+    if s["modules"] == "mlp":
+        s["attention_rank"] = None
+    return tuple(s.values())
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _order(v: Any) -> tuple:
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+
+
+def _mean(values: list) -> float | None:
+    vals = [v for v in values if _finite(v)]
+    return sum(vals) / len(vals) if vals else None
