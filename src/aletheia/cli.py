@@ -336,6 +336,27 @@ def report(directory: Path = typer.Argument(..., help="Campaign folder.")) -> No
     print("\n".join(f"wrote {p}" for p in files.values()))
 
 
+@app.command()
+def search(
+    config: Path = typer.Argument(..., help="Search YAML (e.g. configs/search-smoke.yaml)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Search folder; rerun with the same one to resume."),
+    executor: Optional[str] = typer.Option(None, help="local, ray or slurm (overrides executor.name)."),
+    optuna_trials: Optional[int] = typer.Option(None, "--optuna-trials", help="Optuna trials after the push stage."),
+    stop_after: Optional[str] = typer.Option(None, "--stop-after", help="End after this stage (scan, full, ...)."),
+) -> None:
+    """AutoResearch recipe search: probe, quick scan, full runs, push, ablation; SEARCH_REPORT.md."""
+    from .search import load_search_config, run_search
+
+    cfg = load_search_config(config)
+    if executor:
+        cfg.executor.name = executor
+    if optuna_trials is not None:
+        cfg.optuna.trials = optuna_trials
+    s = run_search(cfg.validate(), output, stop_after=stop_after)
+    print(f"stages done: {', '.join(s['stages_done'])}\nwinner: {(s['winner'] or {}).get('arm', '-')}\n"
+          f"wrote {s['report']}\nwrote {s['figure']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
