@@ -163,6 +163,14 @@ class ProbeConfig(_Config):
     """Share of layers kept, by score (at least one layer)."""
     layers: list[int] | None = None
     """Explicit layer indices; overrides the probe's choice when given."""
+    time_budget: float | None = None
+    """``cost-aware`` only: largest predicted step time as a fraction of standard LoRA's (e.g. 0.6);
+    the selector then keeps the most gradient signal that fits. None: same number of layers as
+    ``fraction``, never predicted slower than the top-``fraction`` rule."""
+    tradeoff: float | None = None
+    """``cost-aware`` only: weight λ of step time; maximise signal kept − λ·(time / standard time)."""
+    calibration_rounds: int = 3
+    """``cost-aware`` only: timed steps per adapter configuration when calibrating the cost model."""
 
     def problems(self) -> list[str]:
         p = []
@@ -180,6 +188,14 @@ class ProbeConfig(_Config):
             not self.layers or any(not isinstance(i, int) or i < 0 for i in self.layers)
         ):
             p.append(f"layers={self.layers} must be a non-empty list of layer indices >= 0")
+        if self.time_budget is not None and not 0.0 < self.time_budget <= 1.0:
+            p.append(f"time_budget={self.time_budget} must be in (0, 1], a fraction of standard LoRA's step time")
+        if self.tradeoff is not None and self.tradeoff < 0:
+            p.append(f"tradeoff={self.tradeoff} must be >= 0 (0 keeps the most signal regardless of time)")
+        if self.time_budget is not None and self.tradeoff is not None:
+            p.append("time_budget and tradeoff are alternatives; give one of them")
+        if self.calibration_rounds < 1:
+            p.append(f"calibration_rounds={self.calibration_rounds} must be at least 1")
         return p
 
 

@@ -76,7 +76,7 @@ def probe_and_select(cfg: RunConfig, ws: Workspace, progress: bool = True) -> Se
     pad = ws.tokenizer.pad_token_id
     batches = probe_batches(ws.train_items, cfg.probe.batches, cfg.probe.batch_size, cfg.seed, pad)
     set_seed(cfg.seed)
-    ctx = SelectionContext(ws.model, batches, cfg.probe, cfg.seed, progress)
+    ctx = SelectionContext(ws.model, batches, cfg.probe, cfg.seed, progress, adapter=cfg.adapter)
     selection = select_layers(ctx)
     n = selection.num_layers
     log(f"selected {len(selection.layers)}/{n} layers {selection.layers} "

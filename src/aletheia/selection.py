@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .config import ProbeConfig
+from .config import AdapterConfig, ProbeConfig
 from .errors import AletheiaError
 from .probe import ProbeResult, run_probe
 from .utils import write_json
@@ -30,6 +30,8 @@ class SelectionContext:
     config: ProbeConfig
     seed: int = 42
     progress: bool = True
+    adapter: AdapterConfig | None = None
+    """The adapters that will be trained (the cost-aware selector predicts their step time)."""
 
 
 @dataclass
@@ -137,3 +139,7 @@ def select_layers(ctx: SelectionContext) -> Selection:
 
 def write_probe_json(path: str | Path, selection: Selection, **extra) -> None:
     write_json(path, {**selection.to_dict(), **extra})
+
+
+# More selectors (random, last-n/first-n, spectrum, cost-aware, ...) register themselves on import.
+from . import selectors as _selectors  # noqa: E402,F401

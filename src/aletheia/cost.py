@@ -1,0 +1,345 @@
+"""A cost model of one LoRA training step, calibrated on the user's model and hardware.
+
+Why layer choice changes step time. Every step runs the forward pass through all blocks. The backward
+pass only has to reach the *lowest* adapted block: below it nothing requires a gradient, so autograd
+builds no graph there and keeps no activations (the base weights and embeddings are frozen and
+nothing calls ``enable_input_require_grads``). Adapters add their own small forward, backward and
+optimizer work. So for a set S of adapted layers in a model of L blocks,
+
+    t(S) = intercept + per_block · (L − min S) + per_mparam · (LoRA parameters of S in millions)
+
+``intercept`` is the forward pass, head, loss and fixed per-step overhead; ``per_block`` is the
+backward through one frozen block; ``per_mparam`` the adapters' cost. The coefficients are fitted
+(least squares, non-negative) to a few timed steps of real adapter configurations on the user's
+model, hardware and batch shape, interleaved so that load from other processes hits all
+configurations alike, and cached under ``<cache>/cost/<key>.json``. Times scale with the padded tokens
+per micro-batch; ``predict`` takes the token count to predict for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .architectures import Architecture, get_architecture, get_blocks
+from .config import AdapterConfig
+from .errors import AletheiaError
+from .lora import aletheia_lora_config, standard_lora_config
+from .utils import atomic_write_text
+
+COST_MODEL_VERSION = 1
+FEATURES = ("intercept", "per_block", "per_mparam")
+
+
+def module_shapes(model: nn.Module, arch: Architecture | None = None) -> list[dict[str, list[int]]]:
+    """(in_features, out_features) of every LoRA target module, per block (fused experts not counted)."""
+    arch = arch or get_architecture(model)
+    targets = arch.target_modules("both")
+    out = []
+    for block in get_blocks(model, arch):
+        shapes = {}
+        for path, module in block.named_modules():
+            name = next((t for t in targets if path == t or path.endswith("." + t)), None)
+            base = getattr(module, "base_layer", module)  # already wrapped by PEFT
+            if name is None or name in shapes or not isinstance(getattr(base, "weight", None), torch.Tensor):
+                continue
+            if hasattr(base, "in_features"):
+                shapes[name] = [int(base.in_features), int(base.out_features)]
+            elif base.weight.dim() == 2:  # GPT-2 Conv1D keeps its weight as (in, out)
+                shapes[name] = [int(base.weight.shape[0]), int(base.weight.shape[1])]
+        out.append(shapes)
+    return out
+
+
+def adapter_ranks(arch: Architecture, adapter: AdapterConfig, standard: bool = False) -> dict[str, int]:
+    """Rank of each target module: ``standard_rank`` everywhere for standard LoRA, else the asymmetric ranks."""
+    if standard:
+        return {name: adapter.standard_rank for name in arch.target_modules("both")}
+    ranks = {name: adapter.attention_rank for name in arch.attention}
+    ranks.update({name: adapter.mlp_rank for name in arch.mlp})
+    return {name: ranks[name] for name in arch.target_modules(adapter.modules)}
+
+
+def step_features(
+    shapes: list[dict[str, list[int]]], layers: list[int], ranks: dict[str, int]
+) -> dict[str, float]:
+    """The cost model's inputs for adapters of ``ranks`` on ``layers``."""
+    if not layers:
+        raise AletheiaError("the cost of a step needs at least one adapted layer")
+    params = sum(r * sum(shapes[layer][name]) for layer in layers for name, r in ranks.items()
+                 if name in shapes[layer])
+    return {"intercept": 1.0, "per_block": float(len(shapes) - min(layers)), "per_mparam": params / 1e6}
+
+
+@dataclass
+class CostModel:
+    """Predicted seconds of one micro-batch step (forward + backward + optimizer) for a layer set."""
+
+    num_layers: int
+    coefficients: dict[str, float]
+    """Seconds per unit of each feature, at ``tokens`` padded tokens per micro-batch."""
+    tokens: int
+    """Padded tokens per micro-batch (batch size x width) the coefficients refer to."""
+    shapes: list[dict[str, list[int]]]
+    attention: list[str]
+    mlp: list[str]
+    key: str = ""
+    hardware: str = ""
+    points: list[dict] = field(default_factory=list)
+    """Calibration measurements: configuration, features, median and all timed seconds, prediction."""
+    version: int = COST_MODEL_VERSION
+
+    def _ranks(self, adapter: AdapterConfig, standard: bool) -> dict[str, int]:
+        arch = Architecture("cost", (), "layers", tuple(self.attention), tuple(self.mlp))
+        return adapter_ranks(arch, adapter, standard)
+
+    def features(self, layers: list[int], adapter: AdapterConfig | None = None,
+                 standard: bool = False) -> dict[str, float]:
+        return step_features(self.shapes, sorted(layers), self._ranks(adapter or AdapterConfig(), standard))
+
+    def predict_features(self, feats: dict[str, float], tokens: int | None = None) -> float:
+        seconds = sum(self.coefficients[k] * feats[k] for k in FEATURES)
+        return seconds * (tokens / self.tokens if tokens else 1.0)
+
+    def predict(self, layers: list[int], adapter: AdapterConfig | None = None,
+                tokens: int | None = None) -> float:
+        """Seconds per micro-batch step with Aletheia adapters on ``layers``."""
+        return self.predict_features(self.features(layers, adapter), tokens)
+
+    def predict_standard(self, adapter: AdapterConfig | None = None, tokens: int | None = None) -> float:
+        """Seconds per micro-batch step of standard LoRA (every layer, ``standard_rank``)."""
+        return self.predict_features(self.features(list(range(self.num_layers)), adapter, True), tokens)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CostModel:
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostModel:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def fit_coefficients(rows: list[dict[str, float]], seconds: list[float]) -> dict[str, float]:
+    """Least squares with non-negative coefficients (a negative cost is noise, not physics)."""
+    active = list(FEATURES)
+    y = np.asarray(seconds, dtype=np.float64)
+    while True:
+        x = np.asarray([[r[k] for k in active] for r in rows], dtype=np.float64)
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        if (coef >= 0).all() or len(active) == 1:
+            break
+        active.pop(int(np.argmin(coef)))  # drop the most negative feature and refit
+    out = dict.fromkeys(FEATURES, 0.0)
+    out.update({k: max(0.0, float(c)) for k, c in zip(active, coef)})
+    return out
+
+
+def hardware_name(device: torch.device) -> str:
+    """What the timings depend on: accelerator or CPU model, thread count, torch version."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        name = f"{name} x{os.cpu_count()}"
+    return f"{device.type}:{name}; threads={torch.get_num_threads()}; torch={torch.__version__}"
+
+
+def _padded_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int(batch["input_ids"].numel())
+
+
+def calibration_key(model: nn.Module, batches: list[dict[str, torch.Tensor]], adapter: AdapterConfig) -> str:
+    """Cache key: model config, dtype, hardware, batch shape (size and width rounded to 32), adapter."""
+    p = next(model.parameters())
+    config = getattr(getattr(model, "config", None), "to_dict", dict)()
+    width = statistics.median(b["input_ids"].shape[1] for b in batches)
+    payload = {
+        "v": COST_MODEL_VERSION,
+        "config": {k: v for k, v in sorted(config.items()) if isinstance(v, (int, float, str, bool, list))},
+        "dtype": str(p.dtype), "hardware": hardware_name(p.device),
+        "batch": [int(batches[0]["input_ids"].shape[0]), int(32 * round(width / 32))],
+        "adapter": adapter.to_dict(),
+    }
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cost_cache_path(key: str) -> Path:
+    from .models import cache_dir
+
+    return cache_dir() / "cost" / f"{key}.json"
+
+
+def calibration_layer_sets(num_layers: int) -> dict[str, list[int]]:
+    """Aletheia configurations that separate the features: backward depth and adapter size vary apart."""
+    n = num_layers
+    sets = {
+        "top-1": [n - 1],
+        "bottom-1": [0],
+        "upper-half": list(range(n // 2, n)),
+        "upper-quarter": list(range(n - max(1, n // 4), n)),
+    }
+    return {name: layers for name, layers in sets.items() if layers}
+
+
+def _time_step(model, params, optimizer, batch, device) -> float:
+    """One step exactly as ``train_lora`` takes it: forward, backward, clip, AdamW, zero grads."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    loss = model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def calibrate(
+    model: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    adapter: AdapterConfig | None = None,
+    rounds: int = 3,
+    warmup: int = 1,
+    cache: bool = True,
+    progress: bool = False,
+) -> CostModel:
+    """Fit the cost model from timed steps of a few adapter configurations (cached per key).
+
+    All configurations live on the model at once as named PEFT adapters and take turns step by step
+    (order rotated every round), so a burst of load from other processes hits them alike. The model
+    is returned unchanged: the adapters are removed and the ``requires_grad`` flags restored.
+    """
+    from peft import get_peft_model
+
+    adapter = adapter or AdapterConfig()
+    if not batches:
+        raise AletheiaError("calibrating the cost model needs at least one batch")
+    if rounds < 1:
+        raise AletheiaError(f"rounds={rounds} must be at least 1")
+    key = calibration_key(model, batches, adapter)
+    path = cost_cache_path(key)
+    if cache and path.is_file():
+        try:
+            cached = CostModel.load(path)
+            if cached.version == COST_MODEL_VERSION:
+                return cached
+        except (OSError, ValueError, TypeError):
+            pass  # a damaged cache entry is recalibrated, never trusted
+    arch = get_architecture(model)
+    n = len(get_blocks(model, arch))
+    shapes = module_shapes(model, arch)
+    device = next(model.parameters()).device
+    configs = {"standard": (standard_lora_config(arch, n, adapter), list(range(n)), True)}
+    for name, layers in calibration_layer_sets(n).items():
+        configs[name] = (aletheia_lora_config(arch, layers, adapter), layers, False)
+
+    flags = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    names = list(configs)
+    peft_model = get_peft_model(model, configs[names[0]][0], adapter_name=names[0])
+    try:
+        for name in names[1:]:
+            peft_model.add_adapter(name, configs[name][0])
+        optim = {}
+        for name in names:
+            peft_model.set_adapter(name)
+            params = [p for p in peft_model.parameters() if p.requires_grad]
+            optim[name] = (params, torch.optim.AdamW(params, lr=1e-6))
+        peft_model.train()
+        times: dict[str, list[float]] = {name: [] for name in names}
+        tokens: dict[str, list[int]] = {name: [] for name in names}
+        for r in range(warmup + rounds):
+            batch = {k: v.to(device) for k, v in batches[r % len(batches)].items()}
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                peft_model.set_adapter(name)
+                seconds = _time_step(peft_model, *optim[name], batch, device)
+                if r >= warmup:
+                    times[name].append(seconds)
+                    tokens[name].append(_padded_tokens(batch))
+            if progress:
+                print(f"aletheia: cost calibration round {r + 1}/{warmup + rounds}", flush=True)
+    finally:
+        peft_model.unload()  # back to the plain base model
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+
+    ref_tokens = int(statistics.median(t for name in names for t in tokens[name]))
+    rows, ys, points = [], [], []
+    ranks_std = adapter_ranks(arch, adapter, True)
+    ranks_al = adapter_ranks(arch, adapter, False)
+    for name in names:
+        _, layers, standard = configs[name]
+        feats = step_features(shapes, layers, ranks_std if standard else ranks_al)
+        # each step scaled to the reference token count: time is close to linear in tokens
+        scaled = [t * ref_tokens / tok for t, tok in zip(times[name], tokens[name])]
+        for y in scaled:
+            rows.append(feats)
+            ys.append(y)
+        points.append({"name": name, "layers": layers, "standard": standard, "features": feats,
+                       "seconds": statistics.median(scaled), "all_seconds": scaled})
+    coef = fit_coefficients(rows, ys)
+    result = CostModel(n, coef, ref_tokens, shapes, list(arch.attention), list(arch.mlp), key,
+                       hardware_name(device), points)
+    for pt in points:
+        pt["predicted"] = result.predict_features(pt["features"])
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        result.save(path)
+    return result
+
+
+def backward_floor(model: nn.Module, batch: dict[str, torch.Tensor]) -> int | None:
+    """Lowest block whose output carries autograd history in a training forward pass.
+
+    Everything below it is computed without a graph, so PyTorch frees those activations at once.
+    For a PEFT model with adapters on layers S this is ``min(S)``; a smaller value means something
+    below the lowest adapter requires a gradient (unfrozen embeddings, ``enable_input_require_grads``).
+    None: no block output needs a gradient.
+    """
+    blocks = get_blocks(model)
+    tracked: list[bool] = [False] * len(blocks)
+    handles = []
+
+    def hook(index: int):
+        def fn(module, args, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            tracked[index] = bool(out.requires_grad)
+        return fn
+
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_hook(hook(i)))
+    device = next(model.parameters()).device
+    try:
+        model(**{k: v.to(device) for k, v in batch.items()})
+    finally:
+        for h in handles:
+            h.remove()
+    return next((i for i, t in enumerate(tracked) if t), None)

@@ -1,0 +1,99 @@
+"""The step-time cost model: features, fitting, calibration on a tiny model, caching, backward floor."""
+
+import pytest
+import torch
+
+from aletheia.architectures import get_architecture
+from aletheia.config import AdapterConfig
+from aletheia.cost import (CostModel, adapter_ranks, backward_floor, calibrate, fit_coefficients,
+                           module_shapes, step_features)
+from aletheia.lora import aletheia_lora_config, apply_lora, standard_lora_config
+from conftest import tiny_llama
+from test_probe import make_batches
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALETHEIA_CACHE", str(tmp_path / "cache"))
+
+
+def test_features_count_backward_depth_from_the_lowest_layer_and_lora_parameters():
+    model = tiny_llama(num_layers=6)
+    arch = get_architecture(model)
+    shapes = module_shapes(model)
+    assert shapes[0]["q_proj"] == [32, 32] and shapes[0]["k_proj"] == [32, 16]
+    assert shapes[0]["down_proj"] == [64, 32]
+    ranks = adapter_ranks(arch, AdapterConfig(attention_rank=2, mlp_rank=4))
+    top = step_features(shapes, [5], ranks)
+    assert top["per_block"] == 1  # backward only through the top block
+    assert step_features(shapes, [2, 5], ranks)["per_block"] == 4
+    # LoRA parameters = rank x (in + out), summed; they match what PEFT creates
+    cfg = aletheia_lora_config(arch, [2, 5], AdapterConfig(attention_rank=2, mlp_rank=4))
+    peft_model = apply_lora(model, cfg)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert step_features(shapes, [2, 5], ranks)["per_mparam"] * 1e6 == pytest.approx(trainable)
+
+
+def test_fit_recovers_known_coefficients_and_never_goes_negative():
+    rows = [{"intercept": 1.0, "per_block": b, "per_mparam": p} for b, p in
+            [(1, 0.1), (6, 0.1), (3, 0.5), (6, 1.0), (2, 0.3)]]
+    truth = {"intercept": 0.5, "per_block": 0.2, "per_mparam": 0.3}
+    ys = [sum(truth[k] * r[k] for k in truth) for r in rows]
+    fitted = fit_coefficients(rows, ys)
+    assert fitted == pytest.approx(truth)
+    # a noisy negative slope is clipped to zero, the rest refitted
+    ys_bad = [1.0 - 0.01 * r["per_mparam"] for r in rows]
+    fitted = fit_coefficients(rows, ys_bad)
+    assert all(v >= 0 for v in fitted.values())
+
+
+def test_calibration_fits_timed_steps_leaves_the_model_unchanged_and_is_cached(tmp_path):
+    model = tiny_llama(num_layers=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    batches = make_batches(n=2, batch_size=2, length=16)
+    adapter = AdapterConfig(attention_rank=2, mlp_rank=4, standard_rank=2)
+    cost = calibrate(model, batches, adapter, rounds=2)
+    # the model is the plain base model again: no adapters, same weights and flags
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    names = {pt["name"] for pt in cost.points}
+    assert {"standard", "top-1", "bottom-1", "upper-half"} <= names
+    assert all(len(pt["all_seconds"]) == 2 and pt["seconds"] > 0 for pt in cost.points)
+    assert all(v >= 0 for v in cost.coefficients.values())
+    assert cost.predict_standard(adapter) > 0
+    # cached: a second call reads the file instead of timing again
+    cached = calibrate(model, batches, adapter, rounds=2)
+    assert cached.points == cost.points and cached.key == cost.key
+    # the model round-trips through its file
+    cost.save(tmp_path / "c.json")
+    assert CostModel.load(tmp_path / "c.json").predict([1, 3], adapter) == cost.predict([1, 3], adapter)
+
+
+def test_prediction_grows_with_backward_depth_and_scales_with_tokens():
+    cost = CostModel(num_layers=4, coefficients={"intercept": 1.0, "per_block": 0.5, "per_mparam": 2.0},
+                     tokens=100, shapes=[{"q_proj": [8, 8]}] * 4, attention=["q_proj"], mlp=[])
+    adapter = AdapterConfig(attention_rank=4, standard_rank=4, modules="attention")
+    assert cost.predict([3]) < cost.predict([1, 3]) < cost.predict([0, 3])
+    assert cost.predict([0], adapter) == pytest.approx(1.0 + 0.5 * 4 + 2.0 * 64 / 1e6)
+    assert cost.predict([0], adapter, tokens=200) == pytest.approx(2 * cost.predict([0], adapter))
+    assert cost.predict_standard(adapter) == pytest.approx(1.0 + 0.5 * 4 + 2.0 * 4 * 64 / 1e6)
+
+
+def test_nothing_below_the_lowest_adapter_keeps_a_graph():
+    """Activations below the lowest adapted block are not saved for backward: PyTorch frees them."""
+    model = tiny_llama(num_layers=6)
+    arch = get_architecture(model)
+    batch = make_batches(n=1)[0]
+    peft_model = apply_lora(model, aletheia_lora_config(arch, [3, 5]))
+    peft_model.train()
+    assert backward_floor(peft_model, batch) == 3
+    peft_model.unload()
+    # standard LoRA reaches the bottom block; unfrozen embeddings would too
+    peft_model = apply_lora(model, standard_lora_config(arch, 6))
+    assert backward_floor(peft_model, batch) == 0
+    peft_model.unload()
+    peft_model = apply_lora(model, aletheia_lora_config(arch, [5]))
+    peft_model.get_input_embeddings().weight.requires_grad_(True)
+    assert backward_floor(peft_model, batch) == 0
