@@ -31,7 +31,11 @@ FractionOpt = typer.Option(None, help="Share of layers to keep (default 0.5).")
 BatchesOpt = typer.Option(None, help="Probe batches (default 5).")
 BatchSizeOpt = typer.Option(None, "--batch-size", help="Examples per batch (training and probe).")
 MaxLenOpt = typer.Option(None, "--max-length", help="Longest tokenised example (default 256).")
-SelectorOpt = typer.Option(None, help="Layer selector (default gradient-norm).")
+SelectorOpt = typer.Option(None, help="Layer selector (default gradient-norm): gradient-norm, "
+                           "gradient-norm-per-param, cost-aware, random, last-n, first-n, spectrum.")
+TimeBudgetOpt = typer.Option(None, "--time-budget",
+                             help="cost-aware: largest predicted step time as a fraction of standard LoRA's.")
+TradeoffOpt = typer.Option(None, help="cost-aware: weight of step time against gradient signal kept.")
 ProbeModeOpt = typer.Option(None, "--probe-mode", help="single-pass (default) or chunked.")
 LayersOpt = typer.Option(None, help="Explicit layers, e.g. '3,5,7' (overrides the probe's choice).")
 DtypeOpt = typer.Option(None, help="auto, float32, bfloat16 or float16.")
@@ -79,6 +83,7 @@ def build_config(config: Optional[Path], **flags) -> RunConfig:
         "steps": ("train", "steps"), "lr": ("train", "lr"), "dtype": ("train", "dtype"),
         "fraction": ("probe", "fraction"), "batches": ("probe", "batches"),
         "selector": ("probe", "selector"), "probe_mode": ("probe", "mode"),
+        "time_budget": ("probe", "time_budget"), "tradeoff": ("probe", "tradeoff"),
         "attention_rank": ("adapter", "attention_rank"), "mlp_rank": ("adapter", "mlp_rank"),
         "quantize": ("memory", "quantize"), "device_map": ("memory", "device_map"),
         "gradient_checkpointing": ("memory", "gradient_checkpointing"),
@@ -135,6 +140,7 @@ def probe(
     output: Optional[str] = OutputOpt, seed: Optional[int] = SeedOpt, fraction: Optional[float] = FractionOpt,
     batches: Optional[int] = BatchesOpt, batch_size: Optional[int] = BatchSizeOpt,
     max_length: Optional[int] = MaxLenOpt, selector: Optional[str] = SelectorOpt,
+    time_budget: Optional[float] = TimeBudgetOpt, tradeoff: Optional[float] = TradeoffOpt,
     probe_mode: Optional[str] = ProbeModeOpt, dtype: Optional[str] = DtypeOpt,
     device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
     quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
@@ -146,6 +152,7 @@ def probe(
 
     cfg = build_config(config, model=model, data=data, output=output or "runs/probe", seed=seed,
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
+                       time_budget=time_budget, tradeoff=tradeoff,
                        selector=selector, probe_mode=probe_mode, dtype=dtype, quantize=quantize,
                        device_map=device_map, gradient_checkpointing=gradient_checkpointing,
                        blocks_path=blocks_path, attention_modules=attention_modules, mlp_modules=mlp_modules)
@@ -161,6 +168,7 @@ def train(
     seed: Optional[int] = SeedOpt, steps: Optional[int] = StepsOpt, fraction: Optional[float] = FractionOpt,
     batches: Optional[int] = BatchesOpt, batch_size: Optional[int] = BatchSizeOpt,
     max_length: Optional[int] = MaxLenOpt, selector: Optional[str] = SelectorOpt,
+    time_budget: Optional[float] = TimeBudgetOpt, tradeoff: Optional[float] = TradeoffOpt,
     probe_mode: Optional[str] = ProbeModeOpt, layers: Optional[str] = LayersOpt,
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 2e-4)."),
     attention_rank: Optional[int] = typer.Option(None, help="Attention LoRA rank (default 16)."),
@@ -176,6 +184,7 @@ def train(
 
     cfg = build_config(config, method=method, model=model, data=data, output=output, seed=seed, steps=steps,
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
+                       time_budget=time_budget, tradeoff=tradeoff,
                        selector=selector, probe_mode=probe_mode, layers=layers, lr=lr,
                        attention_rank=attention_rank, mlp_rank=mlp_rank, dtype=dtype,
                        accuracy_examples=accuracy_examples, quantize=quantize, device_map=device_map,
@@ -198,6 +207,7 @@ def compare(
     fraction: Optional[float] = FractionOpt, batches: Optional[int] = BatchesOpt,
     batch_size: Optional[int] = BatchSizeOpt, max_length: Optional[int] = MaxLenOpt,
     selector: Optional[str] = SelectorOpt, probe_mode: Optional[str] = ProbeModeOpt,
+    time_budget: Optional[float] = TimeBudgetOpt, tradeoff: Optional[float] = TradeoffOpt,
     layers: Optional[str] = LayersOpt, lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     accuracy_examples: Optional[int] = AccuracyOpt, overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
@@ -214,6 +224,7 @@ def compare(
 
     cfg = build_config(config, model=model, data=data, output=output, seed=seed, steps=steps,
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
+                       time_budget=time_budget, tradeoff=tradeoff,
                        selector=selector, probe_mode=probe_mode, layers=layers, lr=lr, dtype=dtype,
                        accuracy_examples=accuracy_examples, quantize=quantize, device_map=device_map,
                        gradient_checkpointing=gradient_checkpointing, blocks_path=blocks_path,
