@@ -196,7 +196,10 @@ def write_search_report(search: Search) -> dict:
         a = d["ablation"]
         bc = a["best_cell"]
         changed = {k: v for k, v in bc["settings"].items() if leader and v != leader["settings"][k]}
-        if changed:
+        if not leader:
+            L += [f"**Ablation:** best cell over {len(cfg.ablation.seeds)} seeds: {_settings(bc['settings'])} "
+                  f"(mean loss {bc['mean_eval_loss']:.4f}).", ""]
+        elif changed:
             L += [f"**After the ablation:** the best cell over {len(cfg.ablation.seeds)} seeds changes "
                   + ", ".join(f"{k} to {_fmt(v)}" for k, v in changed.items())
                   + f" (mean loss {bc['mean_eval_loss']:.4f}); recommended recipe: {_settings(bc['settings'])}.", ""]
@@ -210,7 +213,9 @@ def write_search_report(search: Search) -> dict:
 
     # the frontier
     L += ["## Pareto frontier (full length)", "",
-          "Runs that no other run beats on both held-out loss and training time (◆ in the stage tables).", ""]
+          ("Runs that no other run beats on both held-out loss and training time (◆ in the stage tables). "
+           "Ablation cells are means over their seeds; each seed draws its own held-out split, so they are "
+           "best compared with each other."), ""]
     L += _table(sorted([r for r in full_rows if r["run_id"] in front_full], key=lambda r: r["train_seconds"]))
     L += [""]
 
