@@ -153,7 +153,11 @@ def quantization_config(quantize: str | None):
 def enable_gradient_checkpointing(model) -> None:
     """Recompute block activations in backward. Non-reentrant checkpointing lets gradients reach the
     block weights (probe) and the adapters (training) without making the inputs require grad."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def load_model_and_tokenizer(

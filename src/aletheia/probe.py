@@ -101,7 +101,7 @@ def run_probe(
     saved_flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
     model.eval()  # no dropout: the probe is a deterministic function of weights and batches
-    checkpointing = bool(getattr(_base_model(model), "is_gradient_checkpointing", False))
+    checkpointing = _checkpointing(_base_model(model))
     if checkpointing:
         # transformers recomputes a block only when the block itself is in training mode; setting
         # the flag on the block alone keeps its dropout layers in eval mode.
@@ -133,6 +133,14 @@ def run_probe(
     scores = [sum(row[layer] for row in per_batch) for layer in range(n_layers)]
     extra = {"processes": distributed.world_size(), "gradient_checkpointing": checkpointing}
     return ProbeResult(scores, per_batch, losses, mode, len(batches), seconds, passes, extra)
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether gradient checkpointing is on (transformers 5 renamed the property)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
 
 
 def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine) -> int:
