@@ -6,12 +6,35 @@ maps ``run_one`` over the jobs; ``results.csv`` and the report are rebuilt from 
 """
 
 from .executors import EXECUTORS, Executor, get_executor, register_executor
-from .runner import (RunJob, campaign_status, failure_record, load_campaign, plan_jobs, read_record,
-                     run_campaign, run_one)
+from .runner import (
+                     RunJob,
+                     campaign_status,
+                     failure_record,
+                     load_campaign,
+                     plan_jobs,
+                     read_record,
+                     run_campaign,
+                     run_one,
+)
 from .spec import CampaignSpec, EvalSuiteConfig, ExecutorConfig, ModelSpec, RecipeSpec, load_spec
 
 __all__ = [
-    "CampaignSpec", "ModelSpec", "RecipeSpec", "EvalSuiteConfig", "ExecutorConfig", "load_spec",
-    "RunJob", "plan_jobs", "run_one", "run_campaign", "campaign_status", "read_record", "failure_record",
-    "load_campaign", "EXECUTORS", "Executor", "get_executor", "register_executor",
+                     "EXECUTORS",
+                     "CampaignSpec",
+                     "EvalSuiteConfig",
+                     "Executor",
+                     "ExecutorConfig",
+                     "ModelSpec",
+                     "RecipeSpec",
+                     "RunJob",
+                     "campaign_status",
+                     "failure_record",
+                     "get_executor",
+                     "load_campaign",
+                     "load_spec",
+                     "plan_jobs",
+                     "read_record",
+                     "register_executor",
+                     "run_campaign",
+                     "run_one",
 ]

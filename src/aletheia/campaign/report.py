@@ -11,19 +11,19 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from ..errors import AletheiaError  # noqa: E402
-from ..stats import mean_sd, paired_test, summarize  # noqa: E402
-from ..utils import atomic_write_text  # noqa: E402
-from .results import BENCHMARKS, read_results_csv, write_results_csv  # noqa: E402
+from ..errors import AletheiaError
+from ..stats import mean_sd, paired_test, summarize
+from ..utils import atomic_write_text
+from .results import BENCHMARKS, read_results_csv, write_results_csv
 
 BENCH_NAMES = {"mmlu": "MMLU", "gsm8k": "GSM8K", "humaneval": "HumanEval"}
 
@@ -592,4 +592,4 @@ def _compute_matched_md(c: Campaign) -> str:
     return "\n".join(out)
 
 
-__all__ = ["write_report", "Campaign"]
+__all__ = ["Campaign", "write_report"]

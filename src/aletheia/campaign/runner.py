@@ -105,6 +105,8 @@ def plan_jobs(spec: CampaignSpec, campaign_dir: str | Path) -> list[RunJob]:
     for m in spec.models:
         for seed in spec.seeds:
             for recipe in spec.recipes:
+                if m.recipes is not None and recipe.name not in m.recipes:
+                    continue
                 for budget in recipe.run_budgets():
                     jobs.append(_job(spec, m, seed, recipe, budget, campaign_dir))
     return sorted(jobs, key=lambda j: j.phase)  # stable: spec order within a phase
@@ -283,6 +285,10 @@ def load_shared_selection(path: Path, cfg: RunConfig):
                      details=details)
 
 
+class _BenchmarksUnavailable(Exception):
+    """The base model could not be benchmarked (no data, no sandbox ...): skip the adapter too."""
+
+
 def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list[str]) -> dict:
     """Benchmark scores (percent) of the base model (once per model) and of this run's adapter."""
     out: dict[str, Any] = {}
@@ -296,10 +302,15 @@ def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list
         base_file = Path(job.campaign_dir) / "shared" / job.model / "benchmarks_base.json"
         base = _read_json(base_file)
         if base is None:
-            model, tok = load_model_and_tokenizer(model_path, device=device)
-            base = run_suite(model, tok, list(job.benchmarks), eval_cfg, progress=False)
+            try:
+                model, tok = load_model_and_tokenizer(model_path, device=device)
+                base = run_suite(model, tok, list(job.benchmarks), eval_cfg, progress=False)
+                del model
+            except Exception as exc:  # noqa: BLE001 - remembered, so later runs do not retry it
+                base = {"error": _reason(exc)}
             write_json(base_file, base)
-            del model
+        if "error" in base:
+            raise _BenchmarksUnavailable(f"base model: {base['error']}")
         from peft import PeftModel
 
         model, tok = load_model_and_tokenizer(model_path, device=device)
@@ -307,7 +318,8 @@ def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list
         tuned = run_suite(model, tok, list(job.benchmarks), eval_cfg, progress=False)
         write_json(job.run_dir / "benchmarks.json", tuned)
     except Exception as exc:  # noqa: BLE001 - a benchmark problem must not lose the training result
-        notes.append(f"benchmarks not measured: {_reason(exc)}")
+        why = str(exc) if isinstance(exc, _BenchmarksUnavailable) else _reason(exc)
+        notes.append(f"benchmarks not measured: {why}")
         return out
     for task in job.benchmarks:
         metric = BENCHMARK_METRICS.get(task)
@@ -443,5 +455,14 @@ def _alive(pid: Any) -> bool:
         return False
 
 
-__all__ = ["RunJob", "plan_jobs", "run_one", "run_campaign", "campaign_status", "read_record",
-           "failure_record", "load_campaign", "run_id"]
+__all__ = [
+    "RunJob",
+    "campaign_status",
+    "failure_record",
+    "load_campaign",
+    "plan_jobs",
+    "read_record",
+    "run_campaign",
+    "run_id",
+    "run_one",
+]

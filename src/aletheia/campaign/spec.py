@@ -42,6 +42,9 @@ class ModelSpec(_Config):
     """Overrides ``train.dtype`` for this model (the paper: bf16 for Qwen/Phi, fp16 for others)."""
     gpus: float | None = None
     """GPUs one run of this model needs (overrides ``executor.gpus_per_run``; e.g. 4 for Mixtral)."""
+    recipes: list[str] | None = None
+    """Run only these of the campaign's recipes for this model (None: all). ``standard`` is always
+    needed, as the pair of every other run (the paper swept budgets on Qwen2.5-3B only)."""
 
     @property
     def key(self) -> str:
@@ -222,7 +225,7 @@ class CampaignSpec(_Config):
     """cpu, cuda ... (None: cuda when available)."""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "CampaignSpec":
+    def from_dict(cls, data: dict[str, Any] | None) -> CampaignSpec:
         data = dict(data or {})
         if "models" in data:
             data["models"] = [_entry(ModelSpec, m, "id", "models") for m in _as_list(data["models"], "models")]
@@ -257,6 +260,12 @@ class CampaignSpec(_Config):
         for i, r in enumerate(self.recipes):
             p += [f"recipes[{i}].{q}" for q in r.problems()]
         names = [r.name for r in self.recipes]
+        for i, m in enumerate(self.models):
+            if m.recipes is not None:
+                unknown = [r for r in m.recipes if r not in names]
+                if unknown or "standard" not in m.recipes:
+                    p.append(f"models[{i}].recipes={m.recipes} must include standard and only name the "
+                             f"campaign's recipes ({', '.join(names)})")
         if not names:
             p.append("recipes must list at least one recipe (e.g. standard, aletheia)")
         for n in sorted({n for n in names if names.count(n) > 1}):
@@ -299,5 +308,14 @@ def load_spec(path: str | Path) -> CampaignSpec:
     return spec  # type: ignore[return-value]
 
 
-__all__ = ["CampaignSpec", "ModelSpec", "RecipeSpec", "EvalSuiteConfig", "ExecutorConfig", "load_spec",
-           "RECIPES", "DEFAULT_BUDGET", "DEFAULT_FACTOR"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "DEFAULT_FACTOR",
+    "RECIPES",
+    "CampaignSpec",
+    "EvalSuiteConfig",
+    "ExecutorConfig",
+    "ModelSpec",
+    "RecipeSpec",
+    "load_spec",
+]
