@@ -14,8 +14,16 @@ from aletheia.errors import AletheiaError
 from aletheia.evaluation.forgetting import forgetting_report, forgetting_table, mcnemar
 from aletheia.evaluation.generation import cut_at_stop, generate_greedy
 from aletheia.evaluation.gsm8k import flexible_answer, strict_answer
-from aletheia.evaluation.mmlu import (PrefixCache, allocate, build_prompt, choice_loglikelihoods, encode_pair,
-                                      format_question, read_questions, stratified_subset)
+from aletheia.evaluation.mmlu import (
+    PrefixCache,
+    allocate,
+    build_prompt,
+    choice_loglikelihoods,
+    encode_pair,
+    format_question,
+    read_questions,
+    stratified_subset,
+)
 from aletheia.evaluation.sources import load_gsm8k, load_humaneval, load_mmlu, read_mmlu_folder
 from aletheia.evaluation.suite import EvalConfig, run_suite
 
@@ -157,7 +165,7 @@ def test_eval_config_rejects_bad_values():
 def test_mcnemar_and_extra_forgetting():
     assert mcnemar([True] * 10, [True] * 10)["p_value"] == 1.0
     assert mcnemar([True] * 12 + [False] * 8, [False] * 12 + [False] * 8)["p_value"] < 0.001
-    items = lambda pattern: [{"subject": "s", "index": i, "correct": c} for i, c in enumerate(pattern)]  # noqa: E731
+    items = lambda pattern: [{"subject": "s", "index": i, "correct": c} for i, c in enumerate(pattern)]
     results = {
         "base": {"mmlu": {"accuracy": 0.50, "items": items([1, 1, 0, 0])}, "heldout": {"loss": 2.0}},
         "standard": {"mmlu": {"accuracy": 0.25, "items": items([1, 0, 0, 0])}, "heldout": {"loss": 1.5}},

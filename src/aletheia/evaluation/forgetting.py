@@ -98,7 +98,7 @@ def forgetting_table(report: dict[str, Any], names: list[str], base: str = "base
         out += ["| " + " | ".join(r) + " |" for r in lines]
     else:
         widths = [max(len(r[i]) for r in lines + [head]) for i in range(len(head))]
-        fmt = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))  # noqa: E731
+        fmt = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
         out = [fmt(head), "-" * (sum(widths) + 2 * (len(head) - 1))] + [fmt(r) for r in lines]
     for pair, t in report["mcnemar_mmlu"].items():
         a, b = pair.split(" vs ")

@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AletheiaError
-from .gsm8k import (CHAT_INSTRUCTION, FEWSHOT_STOPS, fewshot_examples, normalize_number, resolve_format,
-                    subset)
+from .gsm8k import (
+    CHAT_INSTRUCTION,
+    FEWSHOT_STOPS,
+    fewshot_examples,
+    normalize_number,
+    resolve_format,
+    subset,
+)
 from .mmlu import prepare_mmlu
 from .sources import LETTERS, load_gsm8k, strip_calculator
 
@@ -78,7 +84,7 @@ def lmeval_mmlu(model, tokenizer, cfg, progress: bool = True) -> dict[str, Any]:
         out = lm_eval.simple_evaluate(model=_hflm(model, tokenizer, 1), tasks=tasks, samples=samples,
                                       log_samples=True, bootstrap_iters=0, verbosity="WARNING")
     records, correct = [], 0
-    for subject, _ in by_subject.items():
+    for subject in by_subject:
         for s in sorted(out["samples"][_task_name(subject)], key=lambda s: s["doc_id"]):
             ll = [float(r[0]) for r in s["filtered_resps"]]
             pred = max(range(4), key=lambda i: ll[i])

@@ -73,9 +73,9 @@ def evaluate_models(
     log(f"evaluating base model {source} on {', '.join(tasks)}")
     with lm.disable_adapter() if adapters else nullcontext():
         results["base"] = run_suite(lm, tokenizer, tasks, cfg, progress)
-    for name in adapters:
+    for name, folder in adapters.items():
         lm.set_adapter(name)
-        log(f"evaluating adapter '{name}' ({adapters[name]})")
+        log(f"evaluating adapter '{name}' ({folder})")
         results[name] = run_suite(lm, tokenizer, tasks, cfg, progress)
     return {"model_path": source, "results": results}
 
@@ -110,7 +110,7 @@ def run_eval(
             model = model if model is not None else run_cfg.model
             if not data_given:  # reproduce the run's own held-out split
                 cfg.data, cfg.data_seed = run_cfg.data, run_cfg.seed
-    log = lambda m: print(f"aletheia: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda m: print(f"aletheia: {m}", file=sys.stderr, flush=True)
     if "humaneval" in cfg.tasks and not cfg.allow_code_execution:
         log("HumanEval skipped: it executes model-written code; add --allow-code-execution to run it in the sandbox")
     start = time.perf_counter()
@@ -143,7 +143,7 @@ def evaluate_compare(run_cfg: RunConfig, folder: Path, cfg: EvalConfig, progress
     """``compare --eval``: base, standard and Aletheia from one load; writes ``folder/eval.json``."""
     cfg.data, cfg.data_seed = run_cfg.data, run_cfg.seed  # held-out loss on the runs' own split
     cfg.validate()
-    log = lambda m: print(f"aletheia: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda m: print(f"aletheia: {m}", file=sys.stderr, flush=True)
     adapters = {"standard": folder / "standard", "aletheia": folder / "aletheia"}
     start = time.perf_counter()
     ev = evaluate_models(run_cfg.model, adapters, cfg, progress, device, log)

@@ -45,7 +45,7 @@ def namespace_wrapper() -> tuple[str, ...]:
         candidates.append([exe] + ([] if root else ["--map-root-user"]) + base)
     for cmd in candidates:
         try:
-            if subprocess.run(cmd + ["true"], capture_output=True, timeout=10).returncode == 0:
+            if subprocess.run(cmd + ["true"], capture_output=True, timeout=10, check=False).returncode == 0:
                 return tuple(cmd)
         except (OSError, subprocess.SubprocessError):
             continue

