@@ -115,3 +115,17 @@ def test_gradient_checkpointing_gives_the_same_training_losses():
     checkpointed = train_lora(model, token_items(8), STEPS, seed=0, pad_id=2, progress=False)
     assert calls["n"] == 2 * 3
     assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["single-pass", "chunked"])
+def test_weights_without_gradients_are_scored_from_activations(monkeypatch, mode):
+    """QLoRA's 4-bit weights hold no gradient; the probe rebuilds each weight-gradient norm from the
+    layer's inputs and output gradients. Forced on every linear layer, it must give the usual scores."""
+    from aletheia import probe
+
+    batches = [as_batch(token_items(2, seed=s)) for s in (1, 2)]
+    usual = run_probe(tiny_llama(num_layers=4), batches, mode, chunk_size=3, progress=False)
+    monkeypatch.setattr(probe, "_activation_scored",
+                        lambda block: [m for m in block.modules() if isinstance(m, torch.nn.Linear)])
+    rebuilt = run_probe(tiny_llama(num_layers=4), batches, mode, chunk_size=3, progress=False)
+    assert rebuilt.scores == pytest.approx(usual.scores, rel=1e-6)

@@ -21,6 +21,11 @@ norms are summed across processes, so the scores equal the single-process ones. 
 ``device_map="auto"`` the per-layer sums are gathered on the first device. With gradient
 checkpointing enabled on the model, the blocks recompute their activations during backward while
 dropout stays off; the scores are unchanged.
+
+Quantised weights (QLoRA's 4-bit ``Linear4bit``) hold no gradient. For such a layer the weight
+gradient of a batch is ∇W = Σ_t g_t x_tᵀ (output gradients g, inputs x, over all tokens t), so its
+norm is computed from the layer's inputs and output gradients: the score is the one the
+full-precision weights would get for the same (dequantised) model.
 """
 
 from __future__ import annotations
@@ -71,8 +76,36 @@ class ProbeResult:
         return d
 
 
+def _activation_scored(block: nn.Module) -> list[nn.Module]:
+    """Linear layers whose weight cannot hold a gradient (bitsandbytes 4-/8-bit weights)."""
+    return [m for m in block.modules() if isinstance(m, nn.Linear) and not m.weight.is_floating_point()]
+
+
 def _block_params(model: nn.Module) -> list[list[nn.Parameter]]:
-    return [list(block.parameters()) for block in get_blocks(model)]
+    out = []
+    for block in get_blocks(model):
+        skip = {id(m.weight) for m in _activation_scored(block)}
+        out.append([p for p in block.parameters() if id(p) not in skip])
+    return out
+
+
+def _hook_linears(model: nn.Module, layers, add) -> list:
+    """Forward hooks that add ‖g_outᵀ x‖² of each activation-scored linear to ``add(layer, value)``."""
+    blocks, handles = get_blocks(model), []
+    for layer in layers:
+        for module in _activation_scored(blocks[layer]):
+            def forward_hook(_module, inputs, output, layer=layer):
+                if not (torch.is_grad_enabled() and output.requires_grad):
+                    return
+                x = inputs[0].detach().flatten(0, -2).float()
+
+                def on_grad(g: torch.Tensor) -> None:
+                    weight_grad = g.detach().flatten(0, -2).float().T @ x
+                    add(layer, weight_grad.double().pow(2).sum())
+
+                output.register_hook(on_grad)
+            handles.append(module.register_forward_hook(forward_hook))
+    return handles
 
 
 def _loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -158,6 +191,11 @@ def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mi
             if p.is_floating_point():
                 p.requires_grad_(True)
                 handles.append(p.register_post_accumulate_grad_hook(make_hook(layer)))
+
+    def add(layer: int, value: torch.Tensor) -> None:
+        sq[layer] += value.to(sq.device)
+
+    handles += _hook_linears(model, range(len(blocks)), add)
     try:
         for b in tqdm(mine, desc="probe (single-pass)", disable=not progress):
             sq.zero_()
@@ -180,7 +218,14 @@ def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, prog
             for p in blocks[layer]:
                 if p.is_floating_point():
                     p.requires_grad_(True)
+        from_activations = [0.0] * len(blocks)
+
+        def add(layer: int, value: torch.Tensor) -> None:
+            from_activations[layer] += value.item()
+
+        handles = _hook_linears(model, chunk, add)
         for b in mine:
+            from_activations[:] = [0.0] * len(blocks)
             loss = _loss(model, batches[b], device)
             loss.backward()
             losses[b] = loss.item()
@@ -188,10 +233,12 @@ def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, prog
                 # .item() per parameter: with device_map the block's parameters may sit on several GPUs
                 sq = sum(p.grad.detach().double().pow(2).sum().item() for p in blocks[layer]
                          if p.grad is not None)
-                per_batch[b][layer] = math.sqrt(sq)
+                per_batch[b][layer] = math.sqrt(sq + from_activations[layer])
                 for p in blocks[layer]:
                     p.grad = None
             bar.update(1)
+        for h in handles:
+            h.remove()
         for layer in chunk:
             for p in blocks[layer]:
                 p.requires_grad_(False)
