@@ -231,3 +231,16 @@ def test_lm_eval_backend_agrees_with_ours_on_the_same_questions(tiny_model_dir, 
     assert [i["prediction"] for i in theirs["items"]] == [i["prediction"] for i in ours["items"]]
     for a, b in zip(ours["items"], theirs["items"]):
         assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-3)
+
+
+def test_lm_eval_gsm8k_generates_the_same_completions_as_ours(tiny_model_dir, gsm8k_file):
+    pytest.importorskip("lm_eval")
+    from aletheia.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    cfg = EvalConfig(gsm8k_path=str(gsm8k_file), gsm8k_n=3, gsm8k_max_new_tokens=6, batch_size=2, hub=False, pypi=False)
+    ours = run_suite(model, tok, ["gsm8k"], cfg, progress=False)["gsm8k"]
+    theirs = run_suite(model, tok, ["gsm8k"], cfg.replace(backend="lm-eval"), progress=False)["gsm8k"]
+    assert theirs["questions"] == ours["questions"] and theirs["prompt_format"] == ours["prompt_format"] == "8shot"
+    assert [i["completion"] for i in theirs["items"]] == [i["completion"] for i in ours["items"]]
+    assert (theirs["strict_match"], theirs["flexible_extract"]) == (ours["strict_match"], ours["flexible_extract"])

@@ -142,10 +142,15 @@ def lmeval_gsm8k(model, tokenizer, cfg, progress: bool = True) -> dict[str, Any]
                                       samples={"aletheia_gsm8k": chosen}, log_samples=True, bootstrap_iters=0,
                                       apply_chat_template=fmt == "chat-0shot", verbosity="WARNING")
     res = out["results"]["aletheia_gsm8k"]
+    by_doc: dict[int, dict[str, Any]] = {}
+    for sample in out["samples"]["aletheia_gsm8k"]:
+        entry = by_doc.setdefault(sample["doc_id"], {"index": sample["doc_id"], "target": sample["target"]})
+        entry["completion"] = sample["resps"][0][0]
+        entry[f"{sample['filter'].split('-')[0]}_correct"] = bool(sample["exact_match"])
     return {
         "strict_match": res.get("exact_match,strict-match"), "flexible_extract": res.get("exact_match,flexible-extract"),
         "n": len(chosen), "backend": "lm-eval", "source": data.source, "seed": cfg.seed, "prompt_format": fmt,
         "shots": len(shots), "shots_note": shots_note,
         "decoding": {"greedy": True, "max_new_tokens": cfg.gsm8k_max_new_tokens},
-        "questions": chosen,
+        "questions": chosen, "items": [by_doc[i] for i in sorted(by_doc)],
     }

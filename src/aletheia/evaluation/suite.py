@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import DataConfig, _Config
 
-TASKS = ("mmlu", "gsm8k", "humaneval", "heldout")
+TASKS = ("mmlu", "gsm8k", "humaneval", "heldout")  # keys of ``BENCHMARKS`` below
 BACKENDS = ("native", "lm-eval")
 GSM8K_FORMATS = ("auto", "8shot", "chat-0shot")
 
@@ -119,27 +119,20 @@ def run_suite(model, tokenizer, tasks: list[str], cfg: EvalConfig, progress: boo
     return out
 
 
+# The benchmark registry: task -> (native implementation, lm-eval implementation or None).
+# humaneval and heldout always run natively (lm-eval does not sandbox code; the loss is ours).
+BENCHMARKS: dict[str, tuple[str, str | None]] = {
+    "mmlu": ("aletheia.evaluation.mmlu:evaluate_mmlu", "aletheia.evaluation.lmeval_backend:lmeval_mmlu"),
+    "gsm8k": ("aletheia.evaluation.gsm8k:evaluate_gsm8k", "aletheia.evaluation.lmeval_backend:lmeval_gsm8k"),
+    "humaneval": ("aletheia.evaluation.humaneval:evaluate_humaneval", None),
+    "heldout": ("aletheia.evaluation.heldout:evaluate_heldout", None),
+}
+
+
 def _run_task(task: str, model, tokenizer, cfg: EvalConfig, progress: bool) -> dict[str, Any]:
-    if task == "mmlu":
-        if cfg.backend == "lm-eval":
-            from .lmeval_backend import lmeval_mmlu
+    import importlib
 
-            return lmeval_mmlu(model, tokenizer, cfg, progress)
-        from .mmlu import evaluate_mmlu
-
-        return evaluate_mmlu(model, tokenizer, cfg, progress)
-    if task == "gsm8k":
-        if cfg.backend == "lm-eval":
-            from .lmeval_backend import lmeval_gsm8k
-
-            return lmeval_gsm8k(model, tokenizer, cfg, progress)
-        from .gsm8k import evaluate_gsm8k
-
-        return evaluate_gsm8k(model, tokenizer, cfg, progress)
-    if task == "humaneval":
-        from .humaneval import evaluate_humaneval
-
-        return evaluate_humaneval(model, tokenizer, cfg, progress)
-    from .heldout import evaluate_heldout
-
-    return evaluate_heldout(model, tokenizer, cfg, progress)
+    native, lm_eval = BENCHMARKS[task]
+    target = lm_eval if cfg.backend == "lm-eval" and lm_eval else native
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)(model, tokenizer, cfg, progress)
