@@ -244,3 +244,14 @@ def test_lm_eval_gsm8k_generates_the_same_completions_as_ours(tiny_model_dir, gs
     assert theirs["questions"] == ours["questions"] and theirs["prompt_format"] == ours["prompt_format"] == "8shot"
     assert [i["completion"] for i in theirs["items"]] == [i["completion"] for i in ours["items"]]
     assert (theirs["strict_match"], theirs["flexible_extract"]) == (ours["strict_match"], ours["flexible_extract"])
+
+
+def test_eval_cli_reports_missing_data_in_one_line_before_loading_the_model(tiny_model_dir, tmp_path, capsys):
+    from aletheia.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "--model", str(tiny_model_dir), "--tasks", "mmlu", "--mmlu-path", str(tmp_path / "nope"),
+              "-o", str(tmp_path / "eval.json")])
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and err.startswith("aletheia: error: MMLU folder not found") and "\n" not in err
+    assert not (tmp_path / "eval.json").exists()

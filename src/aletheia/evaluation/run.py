@@ -50,11 +50,25 @@ def run_config_of(folder: Path) -> RunConfig | None:
     return None
 
 
+def check_data(cfg: EvalConfig) -> None:
+    """Find every benchmark's data before loading a model, so a missing file fails in a second."""
+    from .mmlu import prepare_mmlu
+    from .sources import load_gsm8k, load_humaneval
+
+    if "mmlu" in cfg.tasks:
+        prepare_mmlu(cfg)
+    if "gsm8k" in cfg.tasks:
+        load_gsm8k(cfg.gsm8k_path, cfg.cache_dir, cfg.hub, cfg.pypi)
+    if "humaneval" in cfg.tasks and cfg.allow_code_execution:
+        load_humaneval(cfg.humaneval_path, cfg.cache_dir, cfg.hub, cfg.pypi)
+
+
 def evaluate_models(
     model: str | None, adapters: dict[str, Path], cfg: EvalConfig, progress: bool = True,
     device: str | None = None, log=print,
 ) -> dict[str, Any]:
     """Results of the base model and of each adapter, all from a single load of the base weights."""
+    check_data(cfg)
     dev = resolve_device(device)
     base, tokenizer = load_model_and_tokenizer(model, dtype=torch.float32 if dev.type == "cpu" else torch.bfloat16,
                                                device=dev)
