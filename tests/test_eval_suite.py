@@ -255,3 +255,23 @@ def test_eval_cli_reports_missing_data_in_one_line_before_loading_the_model(tiny
     err = capsys.readouterr().err.strip()
     assert done.value.code == 2 and err.startswith("aletheia: error: MMLU folder not found") and "\n" not in err
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_eval_of_a_compare_folder_prints_the_forgetting_table(tiny_model_dir, mmlu_dir, alpaca_file, tmp_path,
+                                                             capsys):
+    from aletheia.cli import main
+
+    folder = tmp_path / "compare"
+    for name in ("standard", "aletheia"):
+        _adapter_run(tiny_model_dir, folder / name)
+    out = tmp_path / "eval.json"
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(tiny_model_dir), "--adapter", str(folder), "--tasks", "mmlu,heldout",
+              "--mmlu-path", str(mmlu_dir), "--mmlu-n", "4", "--mmlu-shots", "0", "--data", str(alpaca_file),
+              "-o", str(out), "-q"])
+    res = json.loads(out.read_text())
+    assert list(res["results"]) == ["base", "standard", "aletheia"]
+    loss = next(r for r in res["forgetting"]["rows"] if r["task"] == "heldout")
+    assert loss["extra_forgetting"] == pytest.approx(loss["delta"]["aletheia"] - loss["delta"]["standard"])
+    printed = capsys.readouterr().out
+    assert "extra forgetting" in printed and "MMLU McNemar standard vs aletheia" in printed
