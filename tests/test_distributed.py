@@ -3,6 +3,7 @@ the probe scores, the selection and the training losses of a single process."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -47,7 +48,7 @@ def test_two_cpu_processes_match_one(tiny_model_dir, alpaca_file, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "aletheia.cli", "train", "--config", write_config(tmp_path, tiny_model_dir, alpaca_file, two),
            "--quiet"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
     probe1, summary1, losses1 = read_run(one)
@@ -55,7 +56,8 @@ def test_two_cpu_processes_match_one(tiny_model_dir, alpaca_file, tmp_path):
     assert summary2["processes"] == 2 and summary1["processes"] == 1
     # each process probed two whole batches; the summed per-batch norms are the single-process scores
     assert probe2["scores"] == pytest.approx(probe1["scores"], rel=1e-5)
-    assert sum(probe2["per_batch_norms"], []) == pytest.approx(sum(probe1["per_batch_norms"], []), rel=1e-5)
+    flat = [list(itertools.chain(*p["per_batch_norms"])) for p in (probe1, probe2)]
+    assert flat[1] == pytest.approx(flat[0], rel=1e-5)
     assert probe2["ranking"] == probe1["ranking"]
     assert probe2["selected_layers"] == probe1["selected_layers"]
     # the micro-batches of each step were split over the processes: the same steps, the same losses

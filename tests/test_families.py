@@ -26,10 +26,11 @@ from aletheia.selection import top_fraction
 from aletheia.train import train_lora
 
 LAYERS = 4
-COMMON = dict(vocab_size=128, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4,
-              intermediate_size=64, max_position_embeddings=64, pad_token_id=2, bos_token_id=1, eos_token_id=2)
-KV = dict(num_key_value_heads=2)
-GPT_STYLE = dict(n_embd=32, n_layer=LAYERS, n_head=4, n_positions=64)
+COMMON = {"vocab_size": 128, "hidden_size": 32, "num_hidden_layers": LAYERS, "num_attention_heads": 4,
+          "intermediate_size": 64, "max_position_embeddings": 64, "pad_token_id": 2, "bos_token_id": 1,
+          "eos_token_id": 2}
+KV = {"num_key_value_heads": 2}
+GPT_STYLE = {"n_embd": 32, "n_layer": LAYERS, "n_head": 4, "n_positions": 64}
 
 # (test id, config class, extra config arguments, family the registry must report)
 FAMILIES = [
@@ -171,7 +172,7 @@ def test_moe_probe_score_includes_the_experts_and_the_router():
     blocks = get_blocks(model)
     by_hand = [math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in b.parameters())) for b in blocks]
     assert probe.scores == pytest.approx(by_hand, rel=1e-6)
-    for block, score in zip(blocks, probe.scores):
+    for block, score in zip(blocks, probe.scores, strict=True):
         moe = block.mlp
         assert moe.experts.gate_up_proj.grad.abs().sum() > 0 and moe.gate.weight.grad.abs().sum() > 0
         attention_only = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in block.self_attn.parameters()))

@@ -157,7 +157,7 @@ def run_probe(
             p.grad = None
         model.train(was_training)
     if distributed.active():  # rows of batches other processes probed are zero here: sum them in
-        table = torch.tensor([row + [loss] for row, loss in zip(per_batch, losses)], dtype=torch.float64,
+        table = torch.tensor([row + [loss] for row, loss in zip(per_batch, losses, strict=True)], dtype=torch.float64,
                              device=device)
         table = distributed.sum_across_processes(table).tolist()
         per_batch, losses = [row[:-1] for row in table], [row[-1] for row in table]
@@ -212,17 +212,17 @@ def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mi
 def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress, mine) -> int:
     n_chunks = math.ceil(len(blocks) / chunk_size)
     bar = tqdm(total=n_chunks * len(mine), desc="probe (chunked)", disable=not progress)
+    from_activations = [0.0] * len(blocks)  # squared weight-gradient norms of quantised linears
+
+    def add(layer: int, value: torch.Tensor) -> None:
+        from_activations[layer] += value.item()
+
     for c in range(n_chunks):
         chunk = range(c * chunk_size, min((c + 1) * chunk_size, len(blocks)))
         for layer in chunk:
             for p in blocks[layer]:
                 if p.is_floating_point():
                     p.requires_grad_(True)
-        from_activations = [0.0] * len(blocks)
-
-        def add(layer: int, value: torch.Tensor) -> None:
-            from_activations[layer] += value.item()
-
         handles = _hook_linears(model, chunk, add)
         for b in mine:
             from_activations[:] = [0.0] * len(blocks)
