@@ -4,7 +4,14 @@ import math
 
 import pytest
 
-from aletheia.stats import cohens_d_paired, mean_sd, paired_test, summarize, t_interval, win_rate
+from aletheia.stats import (
+    cohens_d_paired,
+    mean_sd,
+    paired_test,
+    summarize,
+    t_interval,
+    win_rate,
+)
 
 # Standard times 10, 12, 14 s and Aletheia 8, 9, 13 s: differences 2, 3, 1.
 STD, ALE = [10.0, 12.0, 14.0], [8.0, 9.0, 13.0]

@@ -10,8 +10,8 @@ that needs a spread is NaN, never a made-up number.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats as _st

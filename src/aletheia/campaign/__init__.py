@@ -16,7 +16,14 @@ from .runner import (
                      run_campaign,
                      run_one,
 )
-from .spec import CampaignSpec, EvalSuiteConfig, ExecutorConfig, ModelSpec, RecipeSpec, load_spec
+from .spec import (
+                     CampaignSpec,
+                     EvalSuiteConfig,
+                     ExecutorConfig,
+                     ModelSpec,
+                     RecipeSpec,
+                     load_spec,
+)
 
 __all__ = [
                      "EXECUTORS",

@@ -84,10 +84,12 @@ class RayExecutor:
     def map(self, fn, jobs, on_event=None):
         ray = self.ray
         pending: dict[Any, int] = {}
+        tasks: dict[float, Any] = {}  # one remote function per GPU need
         for i, job in enumerate(jobs):
             gpus = getattr(job, "gpus", self.cfg.gpus_per_run)
-            task = ray.remote(num_cpus=self.cfg.cpus_per_run, num_gpus=gpus, max_retries=0)(fn)
-            pending[task.remote(job)] = i
+            if gpus not in tasks:
+                tasks[gpus] = ray.remote(num_cpus=self.cfg.cpus_per_run, num_gpus=gpus, max_retries=0)(fn)
+            pending[tasks[gpus].remote(job)] = i
             _emit(on_event, "start", job)  # queued on the cluster; Ray starts it when resources free up
         results: list[dict | None] = [None] * len(jobs)
         while pending:
@@ -143,7 +145,7 @@ class SlurmExecutor:
                     waiting.pop(i)
                     try:
                         results[i] = handle.result()
-                    except Exception as exc:  # the job itself died (killed, timed out): keep going
+                    except Exception as exc:  # noqa: BLE001 - the job itself died (killed, timed out): keep going
                         from .runner import failure_record
 
                         results[i] = failure_record(jobs[i], f"executor job failed: {str(exc).splitlines()[0][:300]}")

@@ -18,8 +18,8 @@ from ..architectures import ARCHITECTURES
 from ..errors import AletheiaError
 from .spec import _RANDOM_RE, ModelSpec
 
-RANDOM_SIZE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                   max_position_embeddings=1024)
+RANDOM_SIZE = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "max_position_embeddings": 1024}
 RANDOM_LAYERS = 8
 _CHARS = " abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;#?!'\n-+=*/()[]{}_\"<>|%$&@^~`\\"
 

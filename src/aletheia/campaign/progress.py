@@ -11,7 +11,7 @@ from typing import Any
 def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "?"
-    s = int(round(s))
+    s = round(s)
     if s < 60:
         return f"{s}s"
     if s < 3600:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -344,7 +345,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _finite(x):
-    return x if isinstance(x, (int, float)) and x == x and abs(x) != float("inf") else None
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 def _now() -> str:
