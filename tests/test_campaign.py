@@ -103,6 +103,8 @@ def test_spec_reports_every_problem_at_once():
     for expected in ("random:FAMILY", "appear twice", "lists a seed twice", "must include standard",
                      "must use the aletheia recipe's budget", "distinct shares", "'fancy' is not a recipe"):
         assert expected in msg, expected
+    with pytest.raises(ConfigError, match="mmlu_size"):
+        CampaignSpec.from_dict({"eval": {"benchmarks": ["mmlu"], "options": {"mmlu_size": 3}}}).validate()
     with pytest.raises(ConfigError, match="did you mean 'seeds'"):
         CampaignSpec.from_dict({"sedes": [1]})
     with pytest.raises(ConfigError, match="repeats the aletheia run"):

@@ -19,6 +19,7 @@ from ..errors import ConfigError
 
 RECIPES = ("standard", "aletheia", "compute_matched", "budget_sweep")
 MATCH_MODES = ("factor", "wallclock")
+BENCHMARKS = ("mmlu", "gsm8k", "humaneval")
 DEFAULT_BUDGET = 0.5
 DEFAULT_FACTOR = 1.25  # the paper: 250 compute-matched steps vs 200
 RANDOM_PREFIX = "random:"
@@ -146,8 +147,20 @@ class EvalSuiteConfig(_Config):
             p.append(f"accuracy_examples={self.accuracy_examples} must be >= 0")
         if len(set(self.benchmarks)) != len(self.benchmarks):
             p.append(f"benchmarks={self.benchmarks} lists a benchmark twice")
+        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if unknown:
+            p.append(f"benchmarks={self.benchmarks}: {', '.join(unknown)} unknown; use {', '.join(BENCHMARKS)}")
         if not isinstance(self.options, dict):
             p.append("options must be a mapping of EvalConfig settings")
+        elif self.options:
+            try:
+                from ..evaluation.suite import EvalConfig
+            except ImportError:  # the suite is optional: checked again when a run uses it
+                return p
+            try:
+                EvalConfig.from_dict({**self.options, "tasks": list(self.benchmarks) or ["mmlu"]}).validate()
+            except ConfigError as exc:
+                p.append(f"options: {exc}")
         return p
 
 
