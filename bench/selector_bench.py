@@ -1,0 +1,458 @@
+"""Selector benchmark: every registered selector against standard LoRA at equal steps, plus our
+standard-LoRA loop against HF ``Trainer`` + PEFT on the same settings.
+
+    python bench/selector_bench.py --data ../shared/data/alpaca_en_demo/alpaca_en_demo.json \\
+        --steps 40 --batch-size 4 --max-length 128 --threads 1 --output bench/results/selectors
+
+What is measured, and how (the machine may be shared, so every timing is paired or interleaved):
+
+1. Selection. Each selector runs through ``select_layers`` on the embedded model; its seconds are
+   the probe/scoring time. The paper's gradient probe also scores every selector's set: "gradient
+   signal kept" is the share of the probe's total score held by the chosen layers.
+2. Step time. Standard LoRA and every distinct selected layer set live on one model as named PEFT
+   adapters and take turns, one training step each, on the same real batch per round (order rotated
+   each round; ``cost.time_adapter_steps``). The median per configuration gives the step-time ratio
+   (standard / selector, >1 is faster). The calibrated cost model's prediction for the same batches
+   is shown beside it.
+3. Training. Each configuration trains with the product loop (``train_lora``) for ``--steps`` steps
+   in its own subprocess, then the held-out loss is measured. Peak memory is that subprocess's peak
+   resident set (``ru_maxrss``), so it is per run; on a GPU it would be ``max_memory_allocated``.
+4. Loop overhead. Our loop and HF ``Trainer`` (same model, adapters, batches in the same order,
+   AdamW, warmup + cosine, clipping) run at the same time in two subprocesses, one thread each, so
+   load from elsewhere hits both alike; ratio = our median step / Trainer's median step.
+
+Writes ``selectors.md``, ``selectors.csv`` and ``selectors.json`` into ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import itertools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SELECTORS = ["gradient-norm", "gradient-norm-per-param", "cost-aware", "random", "last-n", "first-n",
+             "spectrum"]
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def run_config(s: dict):
+    from aletheia.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.data.path = s["data"]
+    cfg.data.max_length = s["max_length"]
+    cfg.data.max_eval_examples = s["eval_examples"]
+    cfg.seed = s["seed"]
+    cfg.train.steps = s["steps"]
+    cfg.train.batch_size = s["batch_size"]
+    cfg.train.grad_accum = 1  # HF Trainer normalises accumulated losses differently; one micro-batch per step
+    cfg.train.warmup_steps = max(1, s["steps"] // 10)
+    cfg.train.lr = s["lr"]
+    cfg.probe.batch_size = s["batch_size"]
+    cfg.probe.fraction = s["fraction"]
+    cfg.eval_accuracy_examples = 0
+    return cfg.validate()
+
+
+def step_tokens(items, batch_size: int, seed: int, pad_id: int, steps: int) -> list[int]:
+    """Padded tokens of each training step's batch (the stream ``train_lora`` draws)."""
+    from aletheia.data import train_batches
+
+    return [int(b["input_ids"].numel()) for b in itertools.islice(train_batches(items, batch_size, seed, pad_id), steps)]
+
+
+# --- worker: one training run in its own process ------------------------------------------------
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Linux: reset this process's peak resident set (VmHWM), so the next reading covers training only."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM (peak resident set since the last reset), else ru_maxrss (peak since process start)."""
+    kb = _status_kb("VmHWM")
+    return (kb if kb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def worker(spec: dict) -> dict:
+    """Train one configuration (ours or HF Trainer) and measure it; runs in a fresh subprocess."""
+    import torch
+
+    from aletheia.architectures import get_architecture, num_layers
+    from aletheia.cost import backward_floor
+    from aletheia.data import eval_batches, train_batches
+    from aletheia.evaluation.loss import heldout_loss
+    from aletheia.lora import aletheia_lora_config, apply_lora, standard_lora_config
+    from aletheia.recipe import prepare
+    from aletheia.train import train_lora
+    from aletheia.utils import set_seed
+
+    s = spec["settings"]
+    if s["threads"]:
+        torch.set_num_threads(s["threads"])
+    cfg = run_config(s)
+    cfg.train.steps = spec["steps"]
+    cfg.train.warmup_steps = max(1, spec["steps"] // 10)
+    set_seed(cfg.seed)
+    ws = prepare(cfg, "cpu" if s["cpu"] else None)
+    pad = ws.tokenizer.pad_token_id
+    arch, n = get_architecture(ws.model), num_layers(ws.model)
+    layers = spec["layers"]
+    lora_cfg = standard_lora_config(arch, n, cfg.adapter) if layers is None else \
+        aletheia_lora_config(arch, layers, cfg.adapter)
+    set_seed(cfg.seed)
+    model = apply_lora(ws.model, lora_cfg)
+    first = next(train_batches(ws.train_items, cfg.train.batch_size, cfg.seed, pad))
+    out = {"name": spec["name"], "kind": spec["kind"], "layers": layers, "steps": spec["steps"],
+           "backward_floor": backward_floor(model, first)}
+    gc.collect()
+    out["peak_reset"] = reset_peak_rss()
+    out["rss_before_train_bytes"] = (_status_kb("VmRSS") or 0) * 1024
+    set_seed(cfg.seed)
+    if spec["kind"] == "ours":
+        with tempfile.TemporaryDirectory() as tmp:
+            res = train_lora(model, ws.train_items, cfg.train, cfg.seed, pad, metrics_path=Path(tmp) / "m.jsonl",
+                             dtype=ws.dtype, progress=False)
+            step_seconds = [json.loads(line)["step_seconds"] for line in open(Path(tmp) / "m.jsonl")]
+        out.update(status=res.status, train_seconds=res.train_seconds, final_train_loss=res.final_loss)
+    else:
+        step_seconds, train_seconds = hf_trainer(model, ws, cfg)
+        out.update(status="completed", train_seconds=train_seconds)
+    out["peak_rss_bytes"] = peak_rss_bytes()  # training only: before the held-out evaluation
+    out["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["step_seconds"] = step_seconds
+    out["median_step_seconds"] = statistics.median(step_seconds[1:] or step_seconds)
+    out["tokens"] = step_tokens(ws.train_items, cfg.train.batch_size, cfg.seed, pad, spec["steps"])
+    if spec.get("eval", True):
+        out["eval_loss"] = heldout_loss(model, eval_batches(ws.eval_items, 8, pad))
+    return out
+
+
+def hf_trainer(model, ws, cfg) -> tuple[list[float], float]:
+    """The same run through HF ``Trainer``: our batches in our order, AdamW, warmup + cosine, clipping."""
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from aletheia.data import train_batches
+
+    t = cfg.train
+    batches = list(itertools.islice(train_batches(ws.train_items, t.batch_size, cfg.seed,
+                                                  ws.tokenizer.pad_token_id), t.steps))
+
+    class Batches(Dataset):  # one element = one ready batch, so Trainer sees exactly ours
+        def __len__(self):
+            return len(batches)
+
+        def __getitem__(self, i):
+            return batches[i]
+
+    ends: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            ends.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            ends.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, max_steps=t.steps, per_device_train_batch_size=1, gradient_accumulation_steps=1,
+            learning_rate=t.lr, weight_decay=t.weight_decay, adam_beta1=t.betas[0], adam_beta2=t.betas[1],
+            adam_epsilon=t.eps, warmup_steps=min(t.warmup_steps, t.steps), lr_scheduler_type="cosine",
+            max_grad_norm=t.max_grad_norm, optim="adamw_torch", logging_strategy="no", save_strategy="no",
+            eval_strategy="no", report_to=[], use_cpu=ws.device.type == "cpu", dataloader_num_workers=0,
+            dataloader_pin_memory=False, train_sampling_strategy="sequential", seed=cfg.seed,
+            disable_tqdm=True, remove_unused_columns=False,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=Batches(), data_collator=lambda xs: xs[0],
+                          callbacks=[StepClock()])
+        start = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - start
+    return [b - a for a, b in zip(ends, ends[1:])], total
+
+
+def launch(spec: dict, out_dir: Path) -> subprocess.Popen:
+    path = out_dir / "runs" / f"{spec['name']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec), "--worker-out", str(path)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(cmd, env=env)
+
+
+def run_workers(specs: list[dict], out_dir: Path, reuse: bool) -> dict[str, dict]:
+    """Run specs as subprocesses, all of one batch at once; reuse finished results when asked."""
+    results, todo = {}, []
+    for spec in specs:
+        path = out_dir / "runs" / f"{spec['name']}.json"
+        if reuse and path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("spec") == spec:
+                results[spec["name"]] = data
+                continue
+        todo.append(spec)
+    procs = [(spec, launch(spec, out_dir)) for spec in todo]
+    for spec, proc in procs:
+        if proc.wait() != 0:
+            raise RuntimeError(f"worker {spec['name']} failed (exit {proc.returncode})")
+        results[spec["name"]] = json.loads((out_dir / "runs" / f"{spec['name']}.json").read_text())
+    return results
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=None, help="Alpaca/chat JSON(L); missing or absent: the bootstrap set")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--fraction", type=float, default=0.5)
+    ap.add_argument("--time-budget", type=float, default=0.6,
+                    help="extra cost-aware row with this budget (fraction of standard step time); 0: none")
+    ap.add_argument("--eval-examples", type=int, default=64)
+    ap.add_argument("--timing-rounds", type=int, default=5, help="interleaved timed steps per configuration")
+    ap.add_argument("--hf-steps", type=int, default=30, help="steps of the paired ours-vs-Trainer run")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    ap.add_argument("--parallel", type=int, default=1, help="training subprocesses at once (timing is interleaved anyway)")
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same settings in OUTPUT/runs")
+    ap.add_argument("--output", default="bench/results/selectors")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+
+    if a.worker:
+        spec = json.loads(a.worker)
+        result = worker(spec)
+        result["spec"] = spec
+        Path(a.worker_out).write_text(json.dumps(result, indent=1))
+        return
+
+    import torch
+
+    from aletheia.architectures import get_architecture, num_layers
+    from aletheia.config import ProbeConfig
+    from aletheia.cost import CostModel, calibration_key, cost_cache_path, time_adapter_steps
+    from aletheia.data import probe_batches, train_batches
+    from aletheia.lora import aletheia_lora_config, standard_lora_config
+    from aletheia.recipe import prepare
+    from aletheia.selection import SelectionContext, select_layers
+    from aletheia.utils import package_versions, set_seed
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    data = a.data
+    if data and not Path(data).is_file():
+        log(f"{data} not found: using the generated bootstrap set")
+        data = None
+    settings = {"data": data, "steps": a.steps, "batch_size": a.batch_size, "max_length": a.max_length,
+                "lr": a.lr, "fraction": a.fraction, "eval_examples": a.eval_examples, "seed": a.seed,
+                "threads": a.threads, "cpu": a.cpu}
+    out_dir = Path(a.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = run_config(settings)
+    set_seed(cfg.seed)
+    ws = prepare(cfg, "cpu" if a.cpu else None)
+    pad = ws.tokenizer.pad_token_id
+    arch, n = get_architecture(ws.model), num_layers(ws.model)
+    log(f"model {ws.model_path}: {n} layers; {len(ws.train_items)} train / {len(ws.eval_items)} held-out examples")
+
+    from aletheia.data import eval_batches
+    from aletheia.evaluation.loss import heldout_loss
+
+    base_loss = heldout_loss(ws.model, eval_batches(ws.eval_items, 8, pad))
+    log(f"base model held-out loss {base_loss:.4f}")
+
+    # 1. selection (the cost model is calibrated afresh: a cached one may come from a quieter hour)
+    pbatches = probe_batches(ws.train_items, cfg.probe.batches, cfg.probe.batch_size, cfg.seed, pad)
+    cost_cache_path(calibration_key(ws.model, pbatches, cfg.adapter)).unlink(missing_ok=True)
+    rows = {}
+    variants = [(name, {}) for name in SELECTORS]
+    if a.time_budget:
+        variants.insert(3, (f"cost-aware (budget {a.time_budget:g})", {"time_budget": a.time_budget}))
+    for label, extra in variants:
+        name = label.split(" ")[0]
+        pcfg = ProbeConfig(**{**cfg.probe.to_dict(), "selector": name, **extra})
+        set_seed(cfg.seed)
+        sel = select_layers(SelectionContext(ws.model, pbatches, pcfg, cfg.seed, False, adapter=cfg.adapter))
+        rows[label] = {"selector": label, "layers": sel.layers, "probe_seconds": sel.seconds,
+                       "details": {k: v for k, v in sel.details.items() if k != "matrix_snr"}}
+        log(f"{label}: layers {sel.layers} in {sel.seconds:.1f}s")
+        if label == "gradient-norm":
+            scores = sel.probe.scores  # the paper's probe: the yardstick of "gradient signal kept"
+    share = [x / sum(scores) for x in scores]
+    for row in rows.values():
+        row["signal_kept"] = sum(share[i] for i in row["layers"])
+    rows = {"standard LoRA": {"selector": "standard LoRA", "layers": list(range(n)), "probe_seconds": 0.0,
+                              "signal_kept": 1.0, "standard": True}, **rows}
+
+    # cost model (calibrated by the cost-aware selector, cached): predictions at the training batches
+    cost = CostModel.load(cost_cache_path(rows["cost-aware"]["details"]["cost_model_key"]))
+    tokens = statistics.median(step_tokens(ws.train_items, cfg.train.batch_size, cfg.seed, pad, a.steps))
+    for row in rows.values():
+        row["predicted_step_seconds"] = (cost.predict_standard(cfg.adapter, tokens) if row.get("standard")
+                                         else cost.predict(row["layers"], cfg.adapter, tokens))
+
+    # 2. interleaved step timing on real training batches, one adapter per distinct layer set
+    configs, config_of = {}, {}
+    for label, row in rows.items():
+        key = "standard" if row.get("standard") else "L" + "-".join(map(str, row["layers"]))
+        config_of[label] = key
+        if key not in configs:
+            configs[key] = standard_lora_config(arch, n, cfg.adapter) if row.get("standard") else \
+                aletheia_lora_config(arch, row["layers"], cfg.adapter)
+    tbatches = list(itertools.islice(train_batches(ws.train_items, cfg.train.batch_size, cfg.seed, pad),
+                                     a.timing_rounds + 1))
+    log(f"interleaved timing: {len(configs)} configurations x {a.timing_rounds} rounds")
+    times, toks = time_adapter_steps(ws.model, configs, tbatches, a.timing_rounds, 1, progress=True)
+    for label, row in rows.items():
+        key = config_of[label]
+        row["timed_step_seconds"] = statistics.median(times[key])
+        pred = [cost.predict_standard(cfg.adapter, t) if row.get("standard") else cost.predict(row["layers"], cfg.adapter, t)
+                for t in toks[key]]
+        row["predicted_timed_seconds"] = statistics.median(pred)
+    std_t = rows["standard LoRA"]["timed_step_seconds"]
+    std_p = rows["standard LoRA"]["predicted_timed_seconds"]
+    for row in rows.values():
+        row["speedup"] = std_t / row["timed_step_seconds"]
+        row["predicted_speedup"] = std_p / row["predicted_timed_seconds"]
+        row["prediction_error"] = row["predicted_timed_seconds"] / row["timed_step_seconds"] - 1
+
+    # 3. training runs, one subprocess each (per-run peak memory); identical layer sets train once
+    specs, seen = [], set()
+    for label, row in rows.items():
+        key = config_of[label]
+        if key in seen:
+            continue
+        seen.add(key)
+        specs.append({"name": key, "kind": "ours", "layers": None if key == "standard" else row["layers"],
+                      "steps": a.steps, "settings": settings})
+    results = {}
+    for i in range(0, len(specs), a.parallel):
+        batch = specs[i:i + a.parallel]
+        log(f"training {', '.join(s['name'] for s in batch)}")
+        results.update(run_workers(batch, out_dir, a.reuse))
+    std_run = results["standard"]
+    for label, row in rows.items():
+        r = results[config_of[label]]
+        row.update(eval_loss=r["eval_loss"], peak_rss_bytes=r["peak_rss_bytes"], backward_floor=r["backward_floor"],
+                   train_median_step_seconds=r["median_step_seconds"], train_seconds=r["train_seconds"],
+                   final_train_loss=r.get("final_train_loss"))
+        row["loss_ratio"] = r["eval_loss"] / std_run["eval_loss"]
+        row["memory_ratio"] = r["peak_rss_bytes"] / std_run["peak_rss_bytes"]
+        row["train_speedup"] = std_run["median_step_seconds"] / r["median_step_seconds"]
+
+    # 4. our loop against HF Trainer + PEFT, run side by side
+    log(f"ours vs HF Trainer, {a.hf_steps} steps each, side by side")
+    pair = [{"name": f"{kind}-standard-{a.hf_steps}", "kind": kind, "layers": None, "steps": a.hf_steps,
+             "settings": {**settings, "threads": a.threads or 1}, "eval": False} for kind in ("ours", "hf")]
+    hf = run_workers(pair, out_dir, a.reuse)
+    ours_s = hf[pair[0]["name"]]["median_step_seconds"]
+    hf_s = hf[pair[1]["name"]]["median_step_seconds"]
+    loop = {"steps": a.hf_steps, "ours_median_step_seconds": ours_s, "hf_median_step_seconds": hf_s,
+            "ratio": ours_s / hf_s, "ours_train_seconds": hf[pair[0]["name"]]["train_seconds"],
+            "hf_train_seconds": hf[pair[1]["name"]]["train_seconds"]}
+
+    report = {"settings": settings, "model": ws.model_path, "num_layers": n, "hardware": cost.hardware,
+              "torch_threads": torch.get_num_threads(), "versions": package_versions(), "base_eval_loss": base_loss,
+              "cost_model": {"coefficients": cost.coefficients, "tokens": cost.tokens, "points": cost.points},
+              "rows": list(rows.values()), "loop_vs_trainer": loop,
+              "command": "python bench/selector_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    (out_dir / "selectors.json").write_text(json.dumps(report, indent=1))
+    table = write_tables(report, out_dir)
+    print(table)
+
+
+COLUMNS = [
+    ("selector", "selector", "{}"),
+    ("layers", "layers", "{}"),
+    ("lowest", "lowest", "{}"),
+    ("speedup", "step-time ratio (std/sel)", "{:.2f}x"),
+    ("predicted_speedup", "predicted ratio", "{:.2f}x"),
+    ("prediction_error", "cost model error", "{:+.1%}"),
+    ("train_speedup", "ratio in training run", "{:.2f}x"),
+    ("probe_seconds", "probe s", "{:.1f}"),
+    ("peak_mb", "peak MB", "{:.0f}"),
+    ("memory_ratio", "memory vs std", "{:.3f}"),
+    ("eval_loss", "held-out loss", "{:.4f}"),
+    ("loss_ratio", "loss vs std", "{:.4f}"),
+    ("signal_kept", "gradient signal kept", "{:.1%}"),
+]
+
+
+def _layers_text(layers: list[int], n: int) -> str:
+    if layers == list(range(n)):
+        return f"all {n}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]} ({len(layers)})"
+    return f"{len(layers)}: " + ",".join(map(str, layers))
+
+
+def write_tables(report: dict, out_dir: Path) -> str:
+    n = report["num_layers"]
+    records = []
+    for row in report["rows"]:
+        r = dict(row, lowest=min(row["layers"]), peak_mb=row["peak_rss_bytes"] / 2**20,
+                 layers=_layers_text(row["layers"], n))
+        records.append(r)
+    with open(out_dir / "selectors.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([c[1] for c in COLUMNS])
+        for r in records:
+            w.writerow([r[c[0]] for c in COLUMNS])
+    head = "| " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * len(COLUMNS)]
+    for r in records:
+        lines.append("| " + " | ".join(c[2].format(r[c[0]]) for c in COLUMNS) + " |")
+    loop = report["loop_vs_trainer"]
+    s = report["settings"]
+    lines += [
+        "",
+        f"Our standard-LoRA loop vs HF Trainer + PEFT ({loop['steps']} steps each, side by side): median step "
+        f"{loop['ours_median_step_seconds']:.3f}s vs {loop['hf_median_step_seconds']:.3f}s, "
+        f"time ratio ours/Trainer = {loop['ratio']:.3f}.",
+        "",
+        f"Settings: {s['steps']} steps, batch {s['batch_size']}, max length {s['max_length']}, lr {s['lr']}, "
+        f"data {s['data'] or 'bootstrap'}, seed {s['seed']}, {report['hardware']}. Base model held-out "
+        f"loss {report['base_eval_loss']:.4f}. Peak memory: peak resident set of each run's own process "
+        "during training (kernel high-water mark reset just before train_lora).",
+    ]
+    text = "\n".join(lines) + "\n"
+    (out_dir / "selectors.md").write_text(f"Command: `{report['command']}`\n\n" + text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
