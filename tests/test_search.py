@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
 from scipy import stats
 
 from aletheia.errors import AletheiaError, ConfigError
-from aletheia.search import (ArmSpec, SearchConfig, factorial_2x2, load_search_config, pareto_front,
-                             write_search_report)
-from aletheia.search.runner import Search, rank_rows
+from aletheia.search import (
+    ArmSpec,
+    SearchConfig,
+    factorial_2x2,
+    load_search_config,
+    pareto_front,
+    write_search_report,
+)
+from aletheia.search.runner import STAGES, Search, rank_rows
 from aletheia.utils import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +77,7 @@ def test_factorial_effects_and_p_values_match_a_hand_computed_anova():
     assert terms["modules"]["p"] == pytest.approx(0.0085163, abs=1e-6)
     assert terms["lr"]["p"] == pytest.approx(0.00082628, abs=1e-7)
     assert terms["modules × lr"]["p"] == pytest.approx(0.1215029, abs=1e-6)
-    assert sum(out["cell_means"], []) == pytest.approx([2.1, 1.9, 2.4, 2.0])
+    assert [m for row in out["cell_means"] for m in row] == pytest.approx([2.1, 1.9, 2.4, 2.0])
     assert out["mse"] == pytest.approx(0.01)
 
 
@@ -131,3 +138,95 @@ def test_an_arm_that_does_not_fit_the_model_is_refused_before_training(tmp_path)
     search = _search_folder(tmp_path)
     with pytest.raises(AletheiaError, match="asks for 12 layers but the model has 4"):
         search.entry("scan", ArmSpec("big", layers=12), 10)
+
+
+# --- the whole pipeline on a stand-in executor (no training: records from a known loss function) ---
+
+class RecordingExecutor:
+    """A campaign executor that writes each run's record from a formula instead of training."""
+
+    calls: ClassVar[list[str]] = []
+
+    def __init__(self, cfg, campaign_dir):
+        pass
+
+    def map(self, fn, jobs, on_event=None):
+        out = []
+        for job in jobs:
+            c = job.config
+            layers = len(c["probe"]["layers"]) if c["method"] == "aletheia" else 4
+            mods = c["adapter"]["modules"] if c["method"] == "aletheia" else "both"
+            loss = (2.0 - 0.05 * layers + (0.1 if mods == "attention" else 0.0) + 80 * abs(c["train"]["lr"] - 2e-3)
+                    + 0.01 * (job.seed % 3) + 0.2 / c["train"]["steps"])
+            rec = {"run_id": job.run_id, "status": "completed", "eval_loss": loss, "selected_layers": c["probe"]["layers"],
+                   "train_seconds": c["train"]["steps"] * (0.1 + 0.02 * layers), "median_step_seconds": 0.1}
+            write_json(job.run_dir / "record.json", rec)
+            RecordingExecutor.calls.append(job.run_id)
+            out.append(rec)
+        return out
+
+
+def _formula_search(tmp_path, monkeypatch, **overrides) -> SearchConfig:
+    from aletheia.campaign.executors import EXECUTORS
+
+    monkeypatch.setitem(EXECUTORS, "recording", RecordingExecutor)
+    RecordingExecutor.calls = []
+    write_json(tmp_path / "probe.json", {"ranking": [2, 0, 3, 1], "num_layers": 4, "scores": [3.0, 1.0, 4.0, 2.0],
+                                         "selector": "gradient-norm", "seconds": 0.1, "batches": 1})
+    data = {"name": "formula", "model": "random:llama:4", "executor": {"name": "recording"},
+            "scan": {"steps": 10, "arms": [
+                {"name": "attn", "layers": 2, "modules": "attention", "lr": 0.001},
+                {"name": "both", "layers": 2, "modules": "both", "lr": 0.001},
+                {"name": "both_lr", "layers": 2, "modules": "both", "lr": 0.002},
+                {"name": "three", "layers": 3, "modules": "both", "lr": 0.001}]},
+            "full": {"steps": 20, "candidates": 2},
+            "push": {"variations": [{"name": "more_layers", "layers_delta": 1}, {"name": "lr_up", "lr_factor": 2.0}]},
+            "ablation": {"seeds": [1, 2, 3]}, **overrides}
+    return SearchConfig.from_dict(data).validate()
+
+
+def test_pipeline_decisions_follow_the_records(tmp_path, monkeypatch):
+    from aletheia.search import run_search
+
+    summary = run_search(_formula_search(tmp_path, monkeypatch), tmp_path)
+    scan = json.loads((tmp_path / "stages" / "scan.json").read_text())
+    assert scan["advance"] == ["both_lr", "three"]  # lowest formula losses at 10 steps
+    push = json.loads((tmp_path / "stages" / "push.json").read_text())
+    assert push["around"] == "both_lr" and push["winner"]["arm"] == "more_layers"  # k=3 beats k=2
+    abl = json.loads((tmp_path / "stages" / "ablation.json").read_text())
+    # quick-scan ranges of the level means: modules 0.143, lr 0.097, layers 0.057
+    assert abl["factors"] == {"modules": ["attention", "both"], "lr": [0.001, 0.002]}
+    assert len(json.loads((tmp_path / "stages" / "ablation.plan.json").read_text())["runs"]) == 12
+    modules, lr, both = abl["analysis"]["terms"]
+    assert (modules["term"], lr["term"], both["term"]) == ("modules", "lr", "modules × lr")
+    assert modules["effect"] == pytest.approx(-0.1) and lr["effect"] == pytest.approx(-0.08)
+    assert both["effect"] == pytest.approx(0.0, abs=1e-12) and both["p"] > 0.5
+    assert modules["p"] < 0.05 and modules["df_resid"] == 8
+    assert summary["winner"]["arm"] == "more_layers" and summary["stages_done"] == list(STAGES)
+    assert len(RecordingExecutor.calls) == 5 + 3 + 2 + 12  # 4 arms + baseline, 2 + baseline, 2, 2x2x3
+    RecordingExecutor.calls = []
+    run_search(_formula_search(tmp_path, monkeypatch), tmp_path)  # finished: nothing runs again
+    assert RecordingExecutor.calls == []
+
+
+def test_optuna_trials_are_runs_and_a_longer_study_replays_the_earlier_trials(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    from aletheia.search import run_search
+
+    cfg = _formula_search(tmp_path, monkeypatch, optuna={"trials": 4, "layers": [1, 4], "ranks": [16, 32, 64],
+                                                          "lr": [0.0005, 0.004]})
+    run_search(cfg, tmp_path, stop_after="optuna")
+    d = json.loads((tmp_path / "stages" / "optuna.json").read_text())
+    assert [t["trial"] for t in d["trials"]] == [0, 1, 2, 3]
+    assert {t["state"] for t in d["trials"]} <= {"complete", "pruned"}
+    assert d["warm_start"]  # the fixed arms' full-length runs seed the sampler
+    first = [json.dumps(t["settings"]) for t in d["trials"]]
+    ran = set(RecordingExecutor.calls)
+    assert all(r.startswith("optuna__t") for r in ran if "optuna" in r)
+
+    RecordingExecutor.calls = []
+    cfg.optuna.trials = 6
+    run_search(cfg, tmp_path, stop_after="optuna")
+    d = json.loads((tmp_path / "stages" / "optuna.json").read_text())
+    assert [json.dumps(t["settings"]) for t in d["trials"][:4]] == first  # replayed, not resampled
+    assert all("t004" in r or "t005" in r for r in RecordingExecutor.calls)  # only the new trials ran

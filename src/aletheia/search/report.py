@@ -197,8 +197,8 @@ def write_search_report(search: Search) -> dict:
         bc = a["best_cell"]
         changed = {k: v for k, v in bc["settings"].items() if leader and v != leader["settings"][k]}
         if not leader:
-            L += [f"**Ablation:** best cell over {len(cfg.ablation.seeds)} seeds: {_settings(bc['settings'])} "
-                  f"(mean loss {bc['mean_eval_loss']:.4f}).", ""]
+            L += [(f"**Ablation:** best cell over {len(cfg.ablation.seeds)} seeds: {_settings(bc['settings'])} "
+                   f"(mean loss {bc['mean_eval_loss']:.4f})."), ""]
         elif changed:
             L += [f"**After the ablation:** the best cell over {len(cfg.ablation.seeds)} seeds changes "
                   + ", ".join(f"{k} to {_fmt(v)}" for k, v in changed.items())

@@ -326,15 +326,17 @@ class Search:
 
     # optuna ------------------------------------------------------------------------------------
     def optuna(self, leader: dict) -> dict:
-        if (d := self.decisions("optuna")) is not None:
+        """Optional; asking for more trials later reruns the stage (earlier trials are replayed)."""
+        trials = self.cfg.optuna.trials
+        if (d := self.decisions("optuna")) is not None and d.get("trials_requested", 0) == trials:
             return d
-        if self.cfg.optuna.trials == 0:
-            return self.finish("optuna", {"skipped": True, "winner": leader,
+        if trials == 0:
+            return self.finish("optuna", {"skipped": True, "trials_requested": 0, "winner": leader,
                                           "summary": "skipped (optuna.trials is 0)"})
         from .optuna_stage import run_optuna_trials
 
         rows, info = run_optuna_trials(self)
-        return self.finish("optuna", {**info, **self._leader(rows, "optuna")})
+        return self.finish("optuna", {"trials_requested": trials, **info, **self._leader(rows, "optuna")})
 
     # ablation ----------------------------------------------------------------------------------
     def ablation(self, leader: dict) -> dict:
@@ -416,7 +418,7 @@ class Search:
 
 def _comparable(cfg: SearchConfig) -> dict:
     d = cfg.to_dict()
-    for key in ("executor", "name", "description", "device"):
+    for key in ("executor", "name", "description", "device", "optuna"):  # more trials may be added later
         d.pop(key, None)
     return d
 
