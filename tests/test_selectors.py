@@ -1,6 +1,7 @@
 """Every selector in the registry, and the cost-aware choice against the paper's top-k rule."""
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -163,3 +164,23 @@ def test_cost_options_are_validated():
     with pytest.raises(AletheiaError, match="tradeoff"):
         ProbeConfig(tradeoff=-1).validate()
     assert ProbeConfig.from_dict({"selector": "cost-aware", "time_budget": 0.6}).time_budget == 0.6
+
+
+def test_cli_probe_with_the_cost_aware_selector_records_time_and_signal(tmp_path, tiny_model_dir, capsys,
+                                                                         alpaca_file):
+    from aletheia.cli import main
+
+    out = tmp_path / "probe"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", "--model", str(tiny_model_dir), "--data", str(alpaca_file), "--selector", "cost-aware",
+              "--time-budget", "0.9", "--batch-size", "2", "--batches", "2", "--max-length", "48",
+              "--output", str(out), "--quiet"])
+    assert (exit_info.value.code or 0) == 0
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["selector"] == "cost-aware" and probe["time_budget"] == 0.9
+    assert probe["predicted_step_seconds"] <= 0.9 * probe["predicted_standard_step_seconds"] + 1e-12
+    assert 0 < probe["gradient_signal_kept"] <= 1
+    with pytest.raises(SystemExit) as exit_info:  # a bad value is one line, exit 2
+        main(["probe", "--model", str(tiny_model_dir), "--selector", "cost-aware", "--time-budget", "2",
+              "--output", str(out), "--quiet"])
+    assert exit_info.value.code == 2 and "time_budget" in capsys.readouterr().err
