@@ -354,6 +354,7 @@ def search(
     executor: Optional[str] = typer.Option(None, help="local, ray or slurm (overrides executor.name)."),
     optuna_trials: Optional[int] = typer.Option(None, "--optuna-trials", help="Optuna trials after the push stage."),
     stop_after: Optional[str] = typer.Option(None, "--stop-after", help="End after this stage (scan, full, ...)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs of unfinished stages again."),
 ) -> None:
     """AutoResearch recipe search: probe, quick scan, full runs, push, ablation; SEARCH_REPORT.md."""
     from .search import load_search_config, run_search
@@ -363,7 +364,7 @@ def search(
         cfg.executor.name = executor
     if optuna_trials is not None:
         cfg.optuna.trials = optuna_trials
-    s = run_search(cfg.validate(), output, stop_after=stop_after)
+    s = run_search(cfg.validate(), output, stop_after=stop_after, retry_failed=retry_failed)
     print(f"stages done: {', '.join(s['stages_done'])}\nwinner: {(s['winner'] or {}).get('arm', '-')}\n"
           f"wrote {s['report']}\nwrote {s['figure']}")
 
