@@ -146,6 +146,7 @@ class RecordingExecutor:
     """A campaign executor that writes each run's record from a formula instead of training."""
 
     calls: ClassVar[list[str]] = []
+    fail: ClassVar[set[str]] = set()
 
     def __init__(self, cfg, campaign_dir):
         pass
@@ -160,6 +161,8 @@ class RecordingExecutor:
                     + 0.01 * (job.seed % 3) + 0.2 / c["train"]["steps"])
             rec = {"run_id": job.run_id, "status": "completed", "eval_loss": loss, "selected_layers": c["probe"]["layers"],
                    "train_seconds": c["train"]["steps"] * (0.1 + 0.02 * layers), "median_step_seconds": 0.1}
+            if job.run_id in RecordingExecutor.fail:
+                rec = {"run_id": job.run_id, "status": "failed", "reason": "non-finite loss (nan) at step 3"}
             write_json(job.run_dir / "record.json", rec)
             RecordingExecutor.calls.append(job.run_id)
             out.append(rec)
@@ -171,6 +174,7 @@ def _formula_search(tmp_path, monkeypatch, **overrides) -> SearchConfig:
 
     monkeypatch.setitem(EXECUTORS, "recording", RecordingExecutor)
     RecordingExecutor.calls = []
+    RecordingExecutor.fail = set()
     write_json(tmp_path / "probe.json", {"ranking": [2, 0, 3, 1], "num_layers": 4, "scores": [3.0, 1.0, 4.0, 2.0],
                                          "selector": "gradient-norm", "seconds": 0.1, "batches": 1})
     data = {"name": "formula", "model": "random:llama:4", "executor": {"name": "recording"},
@@ -230,3 +234,18 @@ def test_optuna_trials_are_runs_and_a_longer_study_replays_the_earlier_trials(tm
     d = json.loads((tmp_path / "stages" / "optuna.json").read_text())
     assert [json.dumps(t["settings"]) for t in d["trials"][:4]] == first  # replayed, not resampled
     assert all("t004" in r or "t005" in r for r in RecordingExecutor.calls)  # only the new trials ran
+
+
+def test_a_failed_run_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    from aletheia.search import run_search
+
+    cfg = _formula_search(tmp_path, monkeypatch)
+    RecordingExecutor.fail = {"scan__both_lr", "ablation__modules-both__layers-3__seed2"}
+    summary = run_search(cfg, tmp_path, stop_after="scan")
+    scan = json.loads((tmp_path / "stages" / "scan.json").read_text())
+    assert scan["failed"] == ["both_lr"] and scan["advance"] == ["three", "both"]
+    assert "| both_lr | k=2, attn r16 + MLP r32, lr 0.002 | – |" in (tmp_path / "SEARCH_REPORT.md").read_text()
+    assert summary["stages_done"] == ["probe", "scan"]
+    run_search(cfg, tmp_path)  # the ablation fits its test on the 11 runs that completed
+    abl = json.loads((tmp_path / "stages" / "ablation.json").read_text())
+    assert abl["analysis"]["n"] == 11 and abl["analysis"]["df_resid"] == 7 and len(abl["failed"]) == 1

@@ -67,7 +67,7 @@ def factorial_2x2(y: Sequence[float], a: Sequence[int], b: Sequence[int],
     n = len(y_)
     if empty or n < 5:
         raise AletheiaError(f"factorial_2x2: needs every cell filled and at least 5 runs (got {n} runs, "
-                            f"empty cells {empty}); rerun the failed ablation runs")
+                            f"empty cells {empty}); run the failed ablation runs again with --retry-failed")
     xa, xb = 2.0 * a_ - 1.0, 2.0 * b_ - 1.0
     X = np.column_stack([np.ones(n), xa, xb, xa * xb])
     coef, *_ = np.linalg.lstsq(X, y_, rcond=None)

@@ -58,8 +58,8 @@ def _sd(values: list[float]) -> float | None:
 def panels(search: Search) -> dict[str, list[dict]]:
     """The comparable groups of runs: quick scan, and everything at the full step count."""
     scan = search.rows("scan")
-    add_speed(scan, [r for r in scan if r["method"] == "standard"])
     full_base = [r for r in search.rows("full") if r["method"] == "standard"]
+    add_speed(scan, [r for r in scan if r["method"] == "standard"] + full_base)
     full_len = search.full_length_rows() + ablation_cells(search.rows("ablation"))
     add_speed(full_len, full_base)
     return {"scan": [r for r in scan if r["ok"]], "full": [r for r in full_len if r["ok"]]}

@@ -81,9 +81,17 @@ def model_key(cfg: SearchConfig) -> str:
     return ModelSpec(id=cfg.model).key
 
 
-def run_entries(entries: list[dict], cfg: SearchConfig, out: Path, stage: str) -> list[dict]:
-    """Run the planned runs that have no record yet through the configured executor; return rows."""
+def run_entries(entries: list[dict], cfg: SearchConfig, out: Path, stage: str,
+                retry_failed: bool = False) -> list[dict]:
+    """Run the planned runs that have no record yet through the configured executor; return rows.
+
+    ``retry_failed``: also run again those whose record says they failed."""
     jobs = [make_job(e, cfg, out) for e in entries]
+    if retry_failed:
+        for j in jobs:
+            rec = read_record(j.run_dir)
+            if rec is not None and rec.get("status") != "completed":
+                (j.run_dir / RECORD_FILE).unlink()
     todo = [j for j in jobs if read_record(j.run_dir) is None]
     if todo:
         ensure_shared_probe(cfg, out, {j.seed for j in todo})
@@ -185,8 +193,9 @@ def ensure_shared_probe(cfg: SearchConfig, out: Path, seeds: set[int]) -> None:
 class Search:
     """State shared by the stages: the config, the folder, the probe ranking, the stage results."""
 
-    def __init__(self, cfg: SearchConfig, out: Path, probe: dict):
+    def __init__(self, cfg: SearchConfig, out: Path, probe: dict, retry_failed: bool = False):
         self.cfg, self.out, self.probe = cfg, out, probe
+        self.retry_failed = retry_failed
         self.ranking: list[int] = probe["ranking"]
         self.num_layers: int = probe["num_layers"]
 
@@ -239,7 +248,7 @@ class Search:
                 entries.append(baseline_entry("scan", cfg, cfg.scan.steps))
             return entries
 
-        rows = run_entries(self.plan("scan", make), cfg, self.out, "scan")
+        rows = run_entries(self.plan("scan", make), cfg, self.out, "scan", self.retry_failed)
         add_speed(rows, [r for r in rows if r["method"] == "standard"])
         ranked = rank_rows(rows, cfg.tie_decimals)
         if not ranked:
@@ -264,7 +273,7 @@ class Search:
             entries = [self.entry("full", arms[name], cfg.full.steps) for name in scan["advance"]]
             return entries + [baseline_entry("full", cfg, cfg.full.steps)]
 
-        rows = run_entries(self.plan("full", make), cfg, self.out, "full")
+        rows = run_entries(self.plan("full", make), cfg, self.out, "full", self.retry_failed)
         add_speed(rows, [r for r in rows if r["method"] == "standard"])
         ranked = rank_rows(rows, cfg.tie_decimals)
         if not ranked:
@@ -304,7 +313,7 @@ class Search:
                 entries.append(self.entry("push", arm, cfg.full.steps, around=winner.name))
             return entries
 
-        rows = run_entries(self.plan("push", make), cfg, self.out, "push")
+        rows = run_entries(self.plan("push", make), cfg, self.out, "push", self.retry_failed)
         return self.finish("push", {"around": full["winner"]["arm"], "notes": notes,
                                     **self._leader(rows, "push")})
 
@@ -358,7 +367,7 @@ class Search:
                                                   run_id=f"ablation__{arm.name}__seed{seed}", cell=[i, j]))
             return entries
 
-        rows = run_entries(self.plan("ablation", make), cfg, self.out, "ablation")
+        rows = run_entries(self.plan("ablation", make), cfg, self.out, "ablation", self.retry_failed)
         ok = [r for r in rows if r["ok"]]
         analysis = factorial_2x2([r["eval_loss"] for r in ok], [r["cell"][0] for r in ok],
                                  [r["cell"][1] for r in ok], names=(fa, fb))
@@ -435,10 +444,12 @@ def init_search_dir(cfg: SearchConfig, out: Path) -> None:
     atomic_write_text(saved, cfg.to_yaml())
 
 
-def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = None) -> dict:
+def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = None,
+               retry_failed: bool = False) -> dict:
     """Run (or resume) every stage, then write ``SEARCH_REPORT.md``, the figure and ``summary.json``.
 
     ``stop_after``: end after this stage (the report covers the stages done so far).
+    ``retry_failed``: run failed runs of unfinished stages again (finished stages keep their decisions).
     """
     from .report import write_search_report
 
@@ -447,12 +458,11 @@ def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = N
         raise AletheiaError(f"stop_after={stop_after!r} is not a stage; use one of {', '.join(STAGES)}")
     out = Path(output)
     init_search_dir(cfg, out)
-    search = Search(cfg, out, run_probe_stage(cfg, out))
+    search = Search(cfg, out, run_probe_stage(cfg, out), retry_failed)
     for arm in cfg.scan.arms:  # fail before any training if an arm cannot fit the model
         search.entry("scan", arm, cfg.scan.steps)
-    steps: list[tuple[str, Callable[[], Any]]] = []
     state: dict[str, Any] = {}
-    steps = [
+    steps: list[tuple[str, Callable[[], Any]]] = [
         ("scan", lambda: search.scan()),
         ("full", lambda: search.full(state["scan"])),
         ("push", lambda: search.push(state["full"])),
