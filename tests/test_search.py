@@ -249,3 +249,25 @@ def test_a_failed_run_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
     run_search(cfg, tmp_path)  # the ablation fits its test on the 11 runs that completed
     abl = json.loads((tmp_path / "stages" / "ablation.json").read_text())
     assert abl["analysis"]["n"] == 11 and abl["analysis"]["df_resid"] == 7 and len(abl["failed"]) == 1
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    from aletheia.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scan: {arms: [{name: a, layers: 0}]}\n")
+    for args, needle in (([str(tmp_path / "missing.yaml")], "search config not found"),
+                         ([str(bad)], "arms.a: layers=0 must be at least 1")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["search", *args, "--output", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and needle in err and len(err.splitlines()) == 1
+
+    # a resumed search must use the same config
+    cfg = _formula_search(tmp_path / "s", monkeypatch)
+    from aletheia.search import run_search
+
+    run_search(cfg, tmp_path / "s", stop_after="probe")
+    cfg.full.steps = 99
+    with pytest.raises(AletheiaError, match="different config"):
+        run_search(cfg, tmp_path / "s")
