@@ -245,7 +245,7 @@ def compute_matched_table(c: Campaign) -> str:
                      _msd([1 / r["time_ratio"] if _ok(r.get("time_ratio")) else None for r in cm], "{:.2f}"),
                      _msd([r.get("eval_loss_vs_standard") for r in cm], "{:+.4f}")])
     if not rows:
-        return "_No compute-matched run in this campaign._"
+        return "_No completed compute-matched run._"
     return _table(["Model", "Std loss", "Ale loss", "CM-Ale loss", "CM steps", "CM time / Std time",
                    "CM − Std loss"], rows)
 
@@ -269,7 +269,7 @@ def budget_table(c: Campaign) -> str:
             row += [_msd([r.get(f"{b}_delta") for r in rs], "{:+.1f}") for b in BENCHMARKS]
             rows.append(row)
     if not rows:
-        return "_No budget sweep in this campaign._"
+        return "_No completed budget sweep._"
     return _table(["Model", "Budget", "Layers", "Train time (s)", "Speedup (%)", "Eval loss", "MMLU Δ",
                    "GSM8K Δ", "HumanEval Δ"], rows, "llrrrrrrr")
 
@@ -572,7 +572,7 @@ def _compute_matched_md(c: Campaign) -> str:
             cm_l.append(cm.get("eval_loss"))
             ale_l.append(a.get("eval_loss"))
     if not rows:
-        return "\n".join(out + ["_No compute-matched run in this campaign._", ""])
+        return "\n".join(out + ["_No completed compute-matched run._", ""])
     vs_std, vs_ale = paired_test(cm_l, std_l), paired_test(cm_l, ale_l)
     out += [_table(["Model", "Seed", "Std steps / time", "Ale steps / time", "CM steps / time", "CM time / Std",
                     "Std loss", "Ale loss", "CM loss"], rows), "",
