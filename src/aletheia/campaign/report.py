@@ -367,7 +367,7 @@ def fig_compute_matched(c: Campaign, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def fig_probe_heatmap(c: Campaign, path: Path, bins: int = 40) -> Path | None:
+def fig_probe_heatmap(c: Campaign, path: Path, bins: int = 240) -> Path | None:
     """Probe score over normalised depth, one row per model (mean over seeds), 1.0 = uniform share."""
     from ..selection import top_fraction
 
