@@ -192,6 +192,17 @@ def test_moe_expert_adapters_sit_only_on_the_selected_layers():
     assert [isinstance(layer.mlp.experts, LoraLayer) for layer in layers] == [False, True, False, True]
 
 
+def test_the_placement_check_catches_bare_expert_names_reaching_every_layer():
+    from peft import LoraConfig, get_peft_model
+
+    from aletheia.lora import verify_adapters
+
+    cfg = LoraConfig(r=2, lora_dropout=0.0, target_modules=["q_proj"], layers_to_transform=[1, 3],
+                     layers_pattern="layers", target_parameters=["mlp.experts.gate_up_proj"])
+    with pytest.raises(AletheiaError, match=r"unexpected adapters \[\(0, 'mlp.experts.gate_up_proj'\)"):
+        verify_adapters(get_peft_model(build(*MIXTRAL), cfg), cfg)
+
+
 def test_moe_attention_only_keeps_dropout_and_leaves_the_experts_alone():
     model = build(*MIXTRAL)
     cfg = aletheia_lora_config(get_architecture(model), [0], AdapterConfig(modules="attention"))
@@ -268,6 +279,14 @@ def test_module_names_given_by_hand_drive_probe_and_placement():
     assert placed_adapters(peft_model, "trunk", 1) == {(0, "wx"): 2, (0, "wy"): 4, (2, "wx"): 2, (2, "wy"): 4}
     with pytest.raises(AletheiaError, match="match no linear layer.*wx, wy"):
         resolve_architecture(ToyLM(), attention=["q_proj"], mlp=["wy"])
+
+
+def test_module_names_from_the_command_line_land_in_the_config():
+    from aletheia.cli import build_config
+
+    cfg = build_config(None, blocks_path="trunk", attention_modules="wx", mlp_modules="wy, wz")
+    assert cfg.architecture.to_dict() == {"blocks_path": "trunk", "attention_modules": ["wx"],
+                                          "mlp_modules": ["wy", "wz"]}
 
 
 def test_every_registered_family_and_model_type_is_in_the_table():
