@@ -1,7 +1,8 @@
 """Forgetting: each method's change vs the base model, the paper's extra forgetting, McNemar on MMLU.
 
 Deltas are in percentage points (held-out loss in nats). ``extra forgetting`` = Aletheia's delta −
-standard LoRA's delta: negative means Aletheia lost less (or gained more) than standard LoRA. With
+standard LoRA's delta (the paper's definition): for an accuracy, positive means Aletheia kept more
+than standard LoRA; for the loss, negative means Aletheia's loss is lower. With
 200 MMLU questions a difference of a few points can be noise; the exact McNemar test on the paired
 answers says how likely the discordant pairs are under "no difference".
 """
@@ -106,6 +107,6 @@ def forgetting_table(report: dict[str, Any], names: list[str], base: str = "base
                    f"{t['only_second_correct']} only by {b}, p = {t['p_value']:.3f}"
                    + (" (not significant at 0.05)" if t["p_value"] >= 0.05 else ""))
     if report["rows"]:
-        out.append("Δ = change vs base (pp; loss in nats); extra forgetting = Δ aletheia − Δ standard "
-                   "(negative: Aletheia forgot less).")
+        out.append("Δ = change vs base (pp; loss in nats); extra forgetting = Δ aletheia − Δ standard: "
+                   "Aletheia forgot less when it is positive for accuracies, negative for the loss.")
     return "\n".join(out)
