@@ -63,7 +63,11 @@ def prepare(cfg: RunConfig, device: str | None = None, examples: list[Example] |
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=dtype, device=dev, quantize=cfg.memory.quantize,
                                                 gradient_checkpointing=cfg.memory.gradient_checkpointing, **extra)
     a = cfg.architecture  # fail early: an unknown architecture lists what it found and the options
-    set_architecture(model, resolve_architecture(model, a.blocks_path, a.attention_modules, a.mlp_modules))
+    arch = resolve_architecture(model, a.blocks_path, a.attention_modules, a.mlp_modules)
+    set_architecture(model, arch)
+    if arch.family in ("generic", "custom"):  # say where the adapters will go when no registry entry did
+        log(f"{arch.model_types[0]}: {arch.family} architecture, blocks at '{arch.blocks_path}', "
+            f"attention {list(arch.attention)}, MLP {list(arch.mlp)}")
     train_items = tokenize_examples(tokenizer, train_ex, cfg.data.max_length)
     eval_items = tokenize_examples(tokenizer, eval_ex, cfg.data.max_length)
     if not train_items:
