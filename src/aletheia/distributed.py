@@ -35,6 +35,8 @@ def init_from_env(device: torch.device | None = None) -> bool:
         return False
     if not dist.is_initialized():
         use_cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
+        if use_cuda:  # NCCL needs each process on its own GPU before the group starts
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return True
 
