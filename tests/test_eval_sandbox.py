@@ -38,6 +38,11 @@ def test_a_program_passes_only_when_it_runs_to_the_end():
     assert not run_program("import sys\nsys.exit(0)\n").passed  # leaving early is not passing
 
 
+def test_programs_can_import_the_usual_standard_library():
+    imports = "import collections, hashlib, math, random, re, string, typing\nfrom typing import List\n"
+    assert run_program(imports + "assert math.gcd(4, 6) == 2\n").passed
+
+
 def test_the_sandbox_never_imports_torch():
     assert run_program("import sys\nassert 'torch' not in sys.modules\n").passed
     assert not run_program("import torch\n").passed  # site-packages are not even on the path

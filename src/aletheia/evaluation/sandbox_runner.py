@@ -10,15 +10,17 @@ Exit status 0 means the program finished without raising.
 """
 
 
-# Modules that HumanEval-style programs import, loaded while the interpreter's files are still
-# readable (after the drop to ``nobody`` the Python install under /root may not be).
-import collections  # noqa: F401
 import ctypes
+import importlib
 import json
-import math  # noqa: F401
 import os
 import resource
 import sys
+
+# Modules that HumanEval-style programs import, loaded while the interpreter's files are still
+# readable (after the drop to ``nobody`` the Python install under /root may not be).
+PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools", "hashlib",
+           "heapq", "itertools", "math", "operator", "random", "re", "statistics", "string", "typing")
 
 NOBODY = 65534
 FS_WRITE = [1 << 1, 1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12]
@@ -115,6 +117,11 @@ def main():
     os.chdir(workdir)
     with open(os.path.join(workdir, "program.py"), encoding="utf-8") as fh:
         source = fh.read()
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
     layers = set_limits(limits)
     layers += drop_root(workdir)
     layers += limit_processes()
