@@ -201,6 +201,14 @@ def hf_trainer(model, ws, cfg) -> tuple[list[float], float]:
     return [b - a for a, b in zip(ends, ends[1:])], total
 
 
+def _finished(path: Path, spec: dict) -> bool:
+    """A result of exactly this spec is already on disk (a resumed or concurrent bench wrote it)."""
+    try:
+        return json.loads(path.read_text()).get("spec") == spec
+    except (OSError, ValueError):
+        return False
+
+
 def launch(spec: dict, out_dir: Path) -> subprocess.Popen:
     path = out_dir / "runs" / f"{spec['name']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,15 +257,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parallel", type=int, default=1, help="training subprocesses at once (timing is interleaved anyway)")
     ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same settings in OUTPUT/runs")
     ap.add_argument("--output", default="bench/results/selectors")
+    ap.add_argument("--render", action="store_true", help="only rewrite the tables from OUTPUT/selectors.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
     if a.worker:
-        spec = json.loads(a.worker)
-        result = worker(spec)
-        result["spec"] = spec
-        Path(a.worker_out).write_text(json.dumps(result, indent=1))
+        spec, out = json.loads(a.worker), Path(a.worker_out)
+        running = out.with_suffix(".running")
+        if running.exists():  # another bench process is training this very spec: wait for its result
+            while running.exists() and not _finished(out, spec):
+                time.sleep(5)
+        if _finished(out, spec):
+            return
+        running.write_text(str(os.getpid()))
+        try:
+            result = worker(spec)
+            result["spec"] = spec
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(out)
+        finally:
+            running.unlink(missing_ok=True)
+        return
+
+    if a.render:
+        print(write_tables(json.loads((Path(a.output) / "selectors.json").read_text()), Path(a.output)))
         return
 
     import torch
@@ -401,7 +426,8 @@ COLUMNS = [
     ("lowest", "lowest", "{}"),
     ("speedup", "step-time ratio (std/sel)", "{:.2f}x"),
     ("predicted_speedup", "predicted ratio", "{:.2f}x"),
-    ("prediction_error", "cost model error", "{:+.1%}"),
+    ("ratio_error", "ratio prediction error", "{:+.1%}"),
+    ("prediction_error", "step-time prediction error", "{:+.1%}"),
     ("train_speedup", "ratio in training run", "{:.2f}x"),
     ("probe_seconds", "probe s", "{:.1f}"),
     ("peak_mb", "peak MB", "{:.0f}"),
@@ -425,7 +451,8 @@ def write_tables(report: dict, out_dir: Path) -> str:
     records = []
     for row in report["rows"]:
         r = dict(row, lowest=min(row["layers"]), peak_mb=row["peak_rss_bytes"] / 2**20,
-                 layers=_layers_text(row["layers"], n))
+                 layers=_layers_text(row["layers"], n),
+                 ratio_error=row["predicted_speedup"] / row["speedup"] - 1)
         records.append(r)
     with open(out_dir / "selectors.csv", "w", newline="") as fh:
         w = csv.writer(fh)
