@@ -369,7 +369,23 @@ def search(
           f"wrote {s['report']}\nwrote {s['figure']}")
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own progress bars: no weight-loading bars or deprecation chatter."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
+    _quiet_libraries()
     try:
         app(args=argv, standalone_mode=True)
     except AletheiaError as exc:
