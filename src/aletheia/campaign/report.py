@@ -387,7 +387,7 @@ def fig_probe_heatmap(c: Campaign, path: Path, bins: int = 240) -> Path | None:
         return None
     data = np.array(rows)
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.8), dpi=130)
-    im = ax.imshow(data, aspect="auto", cmap="magma", extent=(0, 1, len(rows), 0),
+    im = ax.imshow(data, aspect="auto", cmap="magma", extent=(0, 1, len(rows), 0), interpolation="nearest",
                    vmin=0, vmax=max(2.0, float(np.nanmax(data))))
     for i, xs in enumerate(marks):
         ax.scatter(xs, [i + 0.5] * len(xs), marker="v", color="white", edgecolor="black", lw=0.5, s=28)
