@@ -275,3 +275,9 @@ def test_eval_of_a_compare_folder_prints_the_forgetting_table(tiny_model_dir, mm
     assert loss["extra_forgetting"] == pytest.approx(loss["delta"]["aletheia"] - loss["delta"]["standard"])
     printed = capsys.readouterr().out
     assert "extra forgetting" in printed and "MMLU McNemar standard vs aletheia" in printed
+
+
+def test_the_shipped_eval_config_loads_and_round_trips():
+    path = Path(__file__).resolve().parents[1] / "configs" / "eval-quick.yaml"
+    cfg = EvalConfig.from_yaml(path).validate()
+    assert cfg.tasks == ["mmlu", "heldout"] and EvalConfig.from_dict(cfg.to_dict()) == cfg
