@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same settings in OUTPUT/runs")
     ap.add_argument("--output", default="bench/results/selectors")
     ap.add_argument("--render", action="store_true", help="only rewrite the tables from OUTPUT/selectors.json")
+    ap.add_argument("--retime", action="store_true",
+                    help="only recalibrate and re-time the layer sets of OUTPUT/selectors.json (interleaved)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -283,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if a.render:
         print(write_tables(json.loads((Path(a.output) / "selectors.json").read_text()), Path(a.output)))
+        return
+    if a.retime:
+        print(retime(a))
         return
 
     import torch
@@ -418,6 +423,53 @@ def main(argv: list[str] | None = None) -> None:
     (out_dir / "selectors.json").write_text(json.dumps(report, indent=1))
     table = write_tables(report, out_dir)
     print(table)
+
+
+def retime(a) -> str:
+    """Fresh calibration plus interleaved timing of the layer sets a full run chose (no training)."""
+    import torch
+
+    from aletheia.architectures import get_architecture, num_layers
+    from aletheia.cost import calibrate, time_adapter_steps
+    from aletheia.data import probe_batches, train_batches
+    from aletheia.lora import aletheia_lora_config, standard_lora_config
+    from aletheia.recipe import prepare
+
+    out_dir = Path(a.output)
+    report = json.loads((out_dir / "selectors.json").read_text())
+    s = report["settings"]
+    if s["threads"]:
+        torch.set_num_threads(s["threads"])
+    cfg = run_config(s)
+    ws = prepare(cfg, "cpu" if s["cpu"] else None)
+    pad = ws.tokenizer.pad_token_id
+    arch, n = get_architecture(ws.model), num_layers(ws.model)
+    pbatches = probe_batches(ws.train_items, cfg.probe.batches, cfg.probe.batch_size, cfg.seed, pad)
+    cost = calibrate(ws.model, pbatches, cfg.adapter, rounds=3, cache=False)
+    sets = {}
+    for row in report["rows"]:
+        key = "standard" if row.get("standard") else "L" + "-".join(map(str, row["layers"]))
+        sets.setdefault(key, (row["layers"], bool(row.get("standard")), []))[2].append(row["selector"])
+    configs = {k: standard_lora_config(arch, n, cfg.adapter) if std else aletheia_lora_config(arch, lay, cfg.adapter)
+               for k, (lay, std, _) in sets.items()}
+    tb = list(itertools.islice(train_batches(ws.train_items, cfg.train.batch_size, cfg.seed, pad), a.timing_rounds + 1))
+    times, toks = time_adapter_steps(ws.model, configs, tb, a.timing_rounds, 1)
+
+    def pred(k, t):
+        lay, std, _ = sets[k]
+        return cost.predict_standard(cfg.adapter, t) if std else cost.predict(lay, cfg.adapter, t)
+
+    med = {k: statistics.median(times[k]) for k in sets}
+    pm = {k: statistics.median(pred(k, t) for t in toks[k]) for k in sets}
+    lines = ["| selectors | lowest | measured step s | step-time ratio | predicted s | error | predicted ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for k, (lay, std, names) in sets.items():
+        lines.append(f"| {', '.join(names)} | {min(lay)} | {med[k]:.2f} | {med['standard'] / med[k]:.2f}x | "
+                     f"{pm[k]:.2f} | {pm[k] / med[k] - 1:+.1%} | {pm['standard'] / pm[k]:.2f}x |")
+    text = "\n".join(lines) + f"\n\n{a.timing_rounds} interleaved rounds; {cost.hardware}.\n"
+    (out_dir / "retime.md").write_text(text)
+    (out_dir / "retime.json").write_text(json.dumps({"times": times, "tokens": toks, "cost": cost.to_dict()}, indent=1))
+    return text
 
 
 COLUMNS = [
