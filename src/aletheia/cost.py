@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peft import LoraConfig
 from torch import nn
 
 from .architectures import Architecture, get_architecture, get_blocks
@@ -219,6 +220,59 @@ def _time_step(model, params, optimizer, batch, device) -> float:
     return time.perf_counter() - t0
 
 
+def time_adapter_steps(
+    model: nn.Module,
+    configs: dict[str, LoraConfig],
+    batches: list[dict[str, torch.Tensor]],
+    rounds: int = 3,
+    warmup: int = 1,
+    progress: bool = False,
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Seconds and padded tokens of ``rounds`` timed steps for each LoRA config, taken in turns.
+
+    All configurations live on the model at once as named PEFT adapters and take turns step by step,
+    on the same batch within a round and in an order rotated every round, so a burst of load from
+    other processes hits them alike. The model is returned unchanged: the adapters are removed and
+    the ``requires_grad`` flags restored.
+    """
+    from peft import get_peft_model
+
+    device = next(model.parameters()).device
+    flags = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    names = list(configs)
+    peft_model = get_peft_model(model, configs[names[0]], adapter_name=names[0])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    tokens: dict[str, list[int]] = {name: [] for name in names}
+    try:
+        for name in names[1:]:
+            peft_model.add_adapter(name, configs[name])
+        optim = {}
+        for name in names:
+            peft_model.set_adapter(name)
+            params = [p for p in peft_model.parameters() if p.requires_grad]
+            optim[name] = (params, torch.optim.AdamW(params, lr=1e-6))
+        peft_model.train()
+        for r in range(warmup + rounds):
+            batch = {k: v.to(device) for k, v in batches[r % len(batches)].items()}
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                peft_model.set_adapter(name)
+                seconds = _time_step(peft_model, *optim[name], batch, device)
+                if r >= warmup:
+                    times[name].append(seconds)
+                    tokens[name].append(_padded_tokens(batch))
+            if progress:
+                print(f"aletheia: timing adapters, round {r + 1}/{warmup + rounds}", flush=True)
+    finally:
+        peft_model.unload()  # back to the plain base model
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+    return times, tokens
+
+
 def calibrate(
     model: nn.Module,
     batches: list[dict[str, torch.Tensor]],
@@ -230,12 +284,8 @@ def calibrate(
 ) -> CostModel:
     """Fit the cost model from timed steps of a few adapter configurations (cached per key).
 
-    All configurations live on the model at once as named PEFT adapters and take turns step by step
-    (order rotated every round), so a burst of load from other processes hits them alike. The model
-    is returned unchanged: the adapters are removed and the ``requires_grad`` flags restored.
+    The steps are taken by ``time_adapter_steps``; the model is returned unchanged.
     """
-    from peft import get_peft_model
-
     adapter = adapter or AdapterConfig()
     if not batches:
         raise AletheiaError("calibrating the cost model needs at least one batch")
@@ -258,39 +308,9 @@ def calibrate(
     for name, layers in calibration_layer_sets(n).items():
         configs[name] = (aletheia_lora_config(arch, layers, adapter), layers, False)
 
-    flags = {p: p.requires_grad for p in model.parameters()}
-    was_training = model.training
+    times, tokens = time_adapter_steps(model, {name: c[0] for name, c in configs.items()}, batches,
+                                       rounds, warmup, progress)
     names = list(configs)
-    peft_model = get_peft_model(model, configs[names[0]][0], adapter_name=names[0])
-    try:
-        for name in names[1:]:
-            peft_model.add_adapter(name, configs[name][0])
-        optim = {}
-        for name in names:
-            peft_model.set_adapter(name)
-            params = [p for p in peft_model.parameters() if p.requires_grad]
-            optim[name] = (params, torch.optim.AdamW(params, lr=1e-6))
-        peft_model.train()
-        times: dict[str, list[float]] = {name: [] for name in names}
-        tokens: dict[str, list[int]] = {name: [] for name in names}
-        for r in range(warmup + rounds):
-            batch = {k: v.to(device) for k, v in batches[r % len(batches)].items()}
-            order = names[r % len(names):] + names[: r % len(names)]
-            for name in order:
-                peft_model.set_adapter(name)
-                seconds = _time_step(peft_model, *optim[name], batch, device)
-                if r >= warmup:
-                    times[name].append(seconds)
-                    tokens[name].append(_padded_tokens(batch))
-            if progress:
-                print(f"aletheia: cost calibration round {r + 1}/{warmup + rounds}", flush=True)
-    finally:
-        peft_model.unload()  # back to the plain base model
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-            p.grad = None
-        model.train(was_training)
-
     ref_tokens = int(statistics.median(t for name in names for t in tokens[name]))
     rows, ys, points = [], [], []
     ranks_std = adapter_ranks(arch, adapter, True)
