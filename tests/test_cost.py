@@ -2,14 +2,21 @@
 
 import pytest
 import torch
+from conftest import tiny_llama
+from test_probe import make_batches
 
 from aletheia.architectures import get_architecture
 from aletheia.config import AdapterConfig
-from aletheia.cost import (CostModel, adapter_ranks, backward_floor, calibrate, fit_coefficients,
-                           module_shapes, step_features)
+from aletheia.cost import (
+    CostModel,
+    adapter_ranks,
+    backward_floor,
+    calibrate,
+    fit_coefficients,
+    module_shapes,
+    step_features,
+)
 from aletheia.lora import aletheia_lora_config, apply_lora, standard_lora_config
-from conftest import tiny_llama
-from test_probe import make_batches
 
 
 @pytest.fixture(autouse=True)

@@ -5,14 +5,14 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_llama
+from test_probe import make_batches
 
 from aletheia.config import AdapterConfig, ProbeConfig
 from aletheia.cost import CostModel
 from aletheia.errors import AletheiaError
 from aletheia.selection import SELECTORS, SelectionContext, select_layers, top_fraction
 from aletheia.selectors import candidate_sets, choose_cost_aware, matrix_snr, spectrum_scores
-from conftest import tiny_llama
-from test_probe import make_batches
 
 
 @pytest.fixture(autouse=True)
