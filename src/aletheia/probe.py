@@ -176,13 +176,18 @@ def _checkpointing(model: nn.Module) -> bool:
     return False
 
 
+def _sq_norm(grad: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm, reduced in fp32 without a float64 copy of the gradient (the hot path)."""
+    return torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).double().square()
+
+
 def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine) -> int:
     sq = torch.zeros(len(blocks), dtype=torch.float64, device=device)
     handles = []
 
     def make_hook(layer: int):
         def hook(param: torch.Tensor) -> None:
-            sq[layer] += param.grad.detach().double().pow(2).sum().to(sq.device)
+            sq[layer] += _sq_norm(param.grad).to(sq.device)
             param.grad = None  # free it now: gradient memory stays near one parameter's size
         return hook
 
@@ -231,7 +236,7 @@ def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, prog
             losses[b] = loss.item()
             for layer in chunk:
                 # .item() per parameter: with device_map the block's parameters may sit on several GPUs
-                sq = sum(p.grad.detach().double().pow(2).sum().item() for p in blocks[layer]
+                sq = sum(_sq_norm(p.grad).item() for p in blocks[layer]
                          if p.grad is not None)
                 per_batch[b][layer] = math.sqrt(sq + from_activations[layer])
                 for p in blocks[layer]:
