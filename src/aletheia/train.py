@@ -55,10 +55,36 @@ class TrainResult:
         return d
 
 
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a fresh peak reading for this training loop.
+
+    CUDA: reset the allocator's peak. Linux CPU: writing 5 to /proc/self/clear_refs resets the
+    process's resident-set high-water mark (VmHWM), so two runs in one process (``compare``) each
+    report their own peak. Returns False where no reset is possible (the reading then covers the
+    whole process).
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_memory(device: torch.device) -> tuple[int, str]:
-    """Peak memory: allocated CUDA bytes on a GPU, else the process's peak resident set size."""
+    """Peak memory: allocated CUDA bytes on a GPU, else the peak resident set (VmHWM on Linux)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "process_peak_rss"
+    except OSError:
+        pass
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     return int(rss_kb * (1 if sys.platform == "darwin" else 1024)), "process_max_rss"
 
@@ -97,8 +123,7 @@ def train_lora(
         forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     metrics = open(metrics_path, "w") if metrics_path else None
     writer = _tensorboard(metrics_path) if cfg.tensorboard and metrics_path else None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
 
     model.train()
     step_times, losses, tokens, failure = [], [], 0, None
