@@ -39,12 +39,17 @@ def test_features_count_backward_depth_from_the_lowest_layer_and_lora_parameters
     peft_model = apply_lora(model, cfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert step_features(shapes, [2, 5], ranks)["per_mparam"] * 1e6 == pytest.approx(trainable)
+    # the rank-independent term counts each adapted module's in + out width, whatever its rank
+    widths = sum(sum(shape) for shape in shapes[0].values())
+    assert step_features(shapes, [2, 5], ranks)["per_module"] * 1e4 == pytest.approx(2 * widths)
+    assert step_features(shapes, [2, 5], adapter_ranks(arch, AdapterConfig(), standard=True))["per_module"] == \
+        step_features(shapes, [2, 5], ranks)["per_module"]
 
 
 def test_fit_recovers_known_coefficients_and_never_goes_negative():
-    rows = [{"intercept": 1.0, "per_block": b, "per_mparam": p} for b, p in
-            [(1, 0.1), (6, 0.1), (3, 0.5), (6, 1.0), (2, 0.3)]]
-    truth = {"intercept": 0.5, "per_block": 0.2, "per_mparam": 0.3}
+    rows = [{"intercept": 1.0, "per_block": b, "per_module": m, "per_mparam": p} for b, m, p in
+            [(1, 1, 0.1), (6, 1, 0.1), (3, 4, 0.5), (6, 6, 1.0), (2, 2, 0.3), (6, 6, 2.0)]]
+    truth = {"intercept": 0.5, "per_block": 0.2, "per_module": 0.1, "per_mparam": 0.3}
     ys = [sum(truth[k] * r[k] for k in truth) for r in rows]
     fitted = fit_coefficients(rows, ys)
     assert fitted == pytest.approx(truth)
@@ -66,7 +71,7 @@ def test_calibration_fits_timed_steps_leaves_the_model_unchanged_and_is_cached(t
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     names = {pt["name"] for pt in cost.points}
-    assert {"standard", "top-1", "bottom-1", "upper-half"} <= names
+    assert {"standard", "top-1", "bottom-1", "even", "upper-half", "all"} <= names
     assert all(len(pt["all_seconds"]) == 2 and pt["seconds"] > 0 for pt in cost.points)
     assert all(v >= 0 for v in cost.coefficients.values())
     assert cost.predict_standard(adapter) > 0
@@ -79,13 +84,14 @@ def test_calibration_fits_timed_steps_leaves_the_model_unchanged_and_is_cached(t
 
 
 def test_prediction_grows_with_backward_depth_and_scales_with_tokens():
-    cost = CostModel(num_layers=4, coefficients={"intercept": 1.0, "per_block": 0.5, "per_mparam": 2.0},
+    cost = CostModel(num_layers=4, coefficients={"intercept": 1.0, "per_block": 0.5, "per_module": 0.1,
+                                                 "per_mparam": 2.0},
                      tokens=100, shapes=[{"q_proj": [8, 8]}] * 4, attention=["q_proj"], mlp=[])
     adapter = AdapterConfig(attention_rank=4, standard_rank=4, modules="attention")
     assert cost.predict([3]) < cost.predict([1, 3]) < cost.predict([0, 3])
-    assert cost.predict([0], adapter) == pytest.approx(1.0 + 0.5 * 4 + 2.0 * 64 / 1e6)
+    assert cost.predict([0], adapter) == pytest.approx(1.0 + 0.5 * 4 + 0.1 * 16 / 1e4 + 2.0 * 64 / 1e6)
     assert cost.predict([0], adapter, tokens=200) == pytest.approx(2 * cost.predict([0], adapter))
-    assert cost.predict_standard(adapter) == pytest.approx(1.0 + 0.5 * 4 + 2.0 * 4 * 64 / 1e6)
+    assert cost.predict_standard(adapter) == pytest.approx(1.0 + 0.5 * 4 + 0.1 * 4 * 16 / 1e4 + 2.0 * 4 * 64 / 1e6)
 
 
 def test_nothing_below_the_lowest_adapter_keeps_a_graph():

@@ -6,10 +6,16 @@ builds no graph there and keeps no activations (the base weights and embeddings 
 nothing calls ``enable_input_require_grads``). Adapters add their own small forward, backward and
 optimizer work. So for a set S of adapted layers in a model of L blocks,
 
-    t(S) = intercept + per_block · (L − min S) + per_mparam · (LoRA parameters of S in millions)
+    t(S) = intercept + per_block · (L − min S) + per_module · Σ_S (d_in + d_out) / 10⁴
+           + per_mparam · (LoRA parameters of S in millions)
 
 ``intercept`` is the forward pass, head, loss and fixed per-step overhead; ``per_block`` is the
-backward through one frozen block; ``per_mparam`` the adapters' cost. The coefficients are fitted
+backward through one frozen block. An adapted module costs two things: work that does not depend
+on its rank (its dropout, the scaled add of its output, the extra input gradient, its optimizer
+bookkeeping: memory traffic over activations of width d_in and d_out, so ``per_module`` per 10⁴
+units of d_in + d_out), and work proportional to its rank (``per_mparam``). On SmolLM2-135M on a CPU
+the first dominates: an adapted layer costs more than a frozen block's backward, so a model with
+only a parameter term predicts too little saving for sets of many layers. The coefficients are fitted
 (least squares, non-negative) to a few timed steps of real adapter configurations on the user's
 model, hardware and batch shape, interleaved so that load from other processes hits all
 configurations alike, and cached under ``<cache>/cost/<key>.json``. Times scale with the padded tokens
@@ -38,8 +44,8 @@ from .errors import AletheiaError
 from .lora import aletheia_lora_config, standard_lora_config
 from .utils import atomic_write_text
 
-COST_MODEL_VERSION = 1
-FEATURES = ("intercept", "per_block", "per_mparam")
+COST_MODEL_VERSION = 2
+FEATURES = ("intercept", "per_block", "per_module", "per_mparam")
 
 
 def module_shapes(model: nn.Module, arch: Architecture | None = None) -> list[dict[str, list[int]]]:
@@ -77,9 +83,10 @@ def step_features(
     """The cost model's inputs for adapters of ``ranks`` on ``layers``."""
     if not layers:
         raise AletheiaError("the cost of a step needs at least one adapted layer")
-    params = sum(r * sum(shapes[layer][name]) for layer in layers for name, r in ranks.items()
-                 if name in shapes[layer])
-    return {"intercept": 1.0, "per_block": float(len(shapes) - min(layers)), "per_mparam": params / 1e6}
+    adapted = [(shapes[layer][name], r) for layer in layers for name, r in ranks.items() if name in shapes[layer]]
+    return {"intercept": 1.0, "per_block": float(len(shapes) - min(layers)),
+            "per_module": sum(sum(shape) for shape, _ in adapted) / 1e4,
+            "per_mparam": sum(r * sum(shape) for shape, r in adapted) / 1e6}
 
 
 @dataclass
@@ -194,13 +201,20 @@ def cost_cache_path(key: str) -> Path:
 
 
 def calibration_layer_sets(num_layers: int) -> dict[str, list[int]]:
-    """Aletheia configurations that separate the features: backward depth and adapter size vary apart."""
+    """Aletheia configurations that separate the features.
+
+    Backward depth and the number of adapted modules vary apart (``bottom-1`` and ``even`` reach the
+    bottom with 1 and L/2 layers, ``top-1`` and the upper sets stay shallow), and ``all`` differs from
+    standard LoRA (also added by ``calibrate``) only in rank, which separates the per-rank cost.
+    """
     n = num_layers
     sets = {
         "top-1": [n - 1],
         "bottom-1": [0],
+        "even": list(range(0, n, 2)),
         "upper-half": list(range(n // 2, n)),
         "upper-quarter": list(range(n - max(1, n // 4), n)),
+        "all": list(range(n)),
     }
     return {name: layers for name, layers in sets.items() if layers}
 
