@@ -67,6 +67,22 @@ def test_two_cpu_processes_match_one(tiny_model_dir, alpaca_file, tmp_path):
     assert (two / "adapter_config.json").is_file() and (two / "adapter_model.safetensors").is_file()
 
 
+def test_compare_under_torchrun_writes_once_and_prints_one_table(tiny_model_dir, alpaca_file, tmp_path):
+    out = tmp_path / "cmp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "aletheia.cli", "compare", "--config", write_config(tmp_path, tiny_model_dir, alpaca_file, out),
+           "--quiet"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("speedup (std / ale time)") == 1  # process 1 prints nothing
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["standard"]["processes"] == 2 and comparison["aletheia"]["processes"] == 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "aletheia", "comparison.json", "comparison.md", "config.yaml", "probe.json", "probe_scores.png", "standard"]
+    assert (out / "aletheia" / "summary.json").is_file() and (out / "standard" / "adapter_config.json").is_file()
+
+
 def test_device_map_auto_gives_the_same_probe_scores(tiny_model_dir):
     pytest.importorskip("accelerate")
     batches = [as_batch(token_items(2, seed=s)) for s in (1, 2)]

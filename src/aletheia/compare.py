@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import distributed
 from .config import RunConfig
 from .plots import plot_probe_scores
 from .recipe import check_output, evaluate, log, prepare, probe_and_select, run_training
@@ -63,10 +64,12 @@ def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None
     selection = probe_and_select(cfg, ws, progress)
     log("evaluating the base model")
     baseline = evaluate(cfg, ws, ws.model, progress)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", cfg.to_yaml())
-    write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
-    plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
+    main = distributed.is_main_process()  # under torchrun / accelerate launch only process 0 writes
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
+        plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
     del ws
 
     # the paired runs: same seed, data, split and steps
@@ -89,6 +92,8 @@ def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None
           + comparison_table(std, ale, markdown=True)
           + "\n\n![probe scores](probe_scores.png)\n")
     forgetting_text = None
+    if not main:
+        return comparison
     if eval_cfg is not None:
         from .evaluation.run import evaluate_compare
 
