@@ -246,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--fraction", type=float, default=0.5)
-    ap.add_argument("--time-budget", type=float, default=0.6,
-                    help="extra cost-aware row with this budget (fraction of standard step time); 0: none")
+    ap.add_argument("--time-budget", type=float, nargs="*", default=[0.55, 0.6, 0.65],
+                    help="extra cost-aware rows, one per budget (fraction of standard step time); none: no rows")
     ap.add_argument("--eval-examples", type=int, default=64)
     ap.add_argument("--timing-rounds", type=int, default=5, help="interleaved timed steps per configuration")
     ap.add_argument("--hf-steps", type=int, default=30, help="steps of the paired ours-vs-Trainer run")
@@ -330,8 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     cost_cache_path(calibration_key(ws.model, pbatches, cfg.adapter)).unlink(missing_ok=True)
     rows = {}
     variants = [(name, {}) for name in SELECTORS]
-    if a.time_budget:
-        variants.insert(3, (f"cost-aware (budget {a.time_budget:g})", {"time_budget": a.time_budget}))
+    for i, budget in enumerate(a.time_budget or []):
+        variants.insert(3 + i, (f"cost-aware (budget {budget:g})", {"time_budget": budget}))
     for label, extra in variants:
         name = label.split(" ")[0]
         pcfg = ProbeConfig(**{**cfg.probe.to_dict(), "selector": name, **extra})
