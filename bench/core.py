@@ -3,7 +3,11 @@
     python bench/core.py                      # embedded SmolLM2-135M-Instruct, bootstrap data
     python bench/core.py --data FILE.json     # your Alpaca/chat/text data
 
-1. Probe: ``single-pass`` vs ``chunked`` on the same 5 batches (time ratio, same selected layers?).
+1. Probe: ``single-pass`` vs ``chunked`` on the same 5 batches (time ratio, same selected layers?),
+   and the arithmetic each mode does (matmul FLOPs counted by ``torch.utils.flop_counter`` on one
+   batch). The FLOP ratio bounds the time ratio: chunked repeats the forward pass and the head once
+   per chunk, but each chunk's backward stops at its lowest block, so with L=30 blocks and chunks of
+   8 it does about 2.7x the work of single-pass, not 4x.
 2. Training step: standard LoRA (every layer) vs Aletheia (probe-selected layers), same batches,
    same optimizer; timed steps interleaved (A, B, A, B, ...) so machine noise hits both alike.
 Prints medians and ratios; ``--output`` also writes them as JSON.
@@ -18,6 +22,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from aletheia.architectures import get_architecture, num_layers
 from aletheia.config import AdapterConfig
@@ -69,6 +74,12 @@ def main() -> None:
             times[mode].append(r.seconds)
             results[mode] = r
     single, chunked = (statistics.median(times[m]) for m in ("single-pass", "chunked"))
+    flops = {}
+    for mode in times:
+        with FlopCounterMode(display=False) as counter:
+            run_probe(model, batches[:1], mode=mode, progress=False)
+        flops[mode] = counter.get_total_flops()
+    flop_ratio = flops["chunked"] / flops["single-pass"]
     sel_single = top_fraction(results["single-pass"].scores, 0.5)
     sel_chunked = top_fraction(results["chunked"].scores, 0.5)
 
@@ -96,6 +107,8 @@ def main() -> None:
         "probe_batches": args.batches, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
         "probe_single_pass_s": single, "probe_chunked_s": chunked, "probe_speedup": chunked / single,
         "probe_passes": {"single-pass": results["single-pass"].passes, "chunked": results["chunked"].passes},
+        "probe_flops_one_batch": flops, "probe_flop_ratio": flop_ratio,
+        "probe_speedup_share_of_flop_ratio": chunked / single / flop_ratio,
         "same_selection": sel_single == sel_chunked,
         "max_score_rel_diff": max(abs(a - b) / b for a, b in zip(results["single-pass"].scores,
                                                                  results["chunked"].scores)),
@@ -104,6 +117,9 @@ def main() -> None:
     print(f"model {out['model']} ({n} layers), {torch.get_num_threads()} threads")
     print(f"probe  single-pass {single:6.2f}s  chunked {chunked:6.2f}s  ->  {chunked / single:.2f}x faster; "
           f"same selected layers: {out['same_selection']} (max score diff {out['max_score_rel_diff']:.1e})")
+    print(f"probe  arithmetic: chunked does {flop_ratio:.2f}x the matmul FLOPs of single-pass "
+          f"({flops['chunked'] / 1e9:.1f} vs {flops['single-pass'] / 1e9:.1f} GFLOP per batch); the time ratio is "
+          f"{out['probe_speedup_share_of_flop_ratio']:.0%} of that")
     print(f"step   standard    {s_std:6.3f}s  aletheia {s_ale:6.3f}s  ->  {s_std / s_ale:.2f}x "
           f"(median of {args.steps} interleaved steps, {len(sel_single)}/{n} layers {sel_single})")
     if args.output:
