@@ -119,6 +119,8 @@ def worker(spec: dict) -> dict:
     if s["threads"]:
         torch.set_num_threads(s["threads"])
     cfg = run_config(s)
+    if spec.get("ranks"):  # a row with its own adapter ranks (``--ranks``)
+        cfg.adapter.attention_rank, cfg.adapter.mlp_rank = spec["ranks"]
     cfg.train.steps = spec["steps"]
     cfg.train.warmup_steps = max(1, spec["steps"] // 10)
     set_seed(cfg.seed)
@@ -248,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--time-budget", type=float, nargs="*", default=[0.55, 0.6, 0.65],
                     help="extra cost-aware rows, one per budget (fraction of standard step time); none: no rows")
+    ap.add_argument("--ranks", nargs="*", default=[], metavar="ATT/MLP",
+                    help="extra cost-aware rows (each --time-budget) with these attention/MLP ranks, e.g. 64/128")
     ap.add_argument("--eval-examples", type=int, default=64)
     ap.add_argument("--timing-rounds", type=int, default=5, help="interleaved timed steps per configuration")
     ap.add_argument("--hf-steps", type=int, default=30, help="steps of the paired ours-vs-Trainer run")
@@ -327,17 +331,27 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. selection (the cost model is calibrated afresh: a cached one may come from a quieter hour)
     pbatches = probe_batches(ws.train_items, cfg.probe.batches, cfg.probe.batch_size, cfg.seed, pad)
-    cost_cache_path(calibration_key(ws.model, pbatches, cfg.adapter)).unlink(missing_ok=True)
     rows = {}
-    variants = [(name, {}) for name in SELECTORS]
-    for i, budget in enumerate(a.time_budget or []):
-        variants.insert(3 + i, (f"cost-aware (budget {budget:g})", {"time_budget": budget}))
-    for label, extra in variants:
+    extra_rows = [(f"cost-aware (budget {b:g})", {"time_budget": b}, None) for b in a.time_budget or []]
+    for ranks in a.ranks:
+        att, mlp = (int(x) for x in ranks.split("/"))
+        extra_rows += [(f"cost-aware (budget {b:g}, ranks {att}/{mlp})", {"time_budget": b}, [att, mlp])
+                       for b in a.time_budget or []]
+    variants = [(name, {}, None) for name in SELECTORS]
+    variants[3:3] = extra_rows
+
+    def adapter_of(ranks):
+        return cfg.adapter if ranks is None else cfg.adapter.replace(attention_rank=ranks[0], mlp_rank=ranks[1])
+
+    for _, _, ranks in variants:
+        cost_cache_path(calibration_key(ws.model, pbatches, adapter_of(ranks))).unlink(missing_ok=True)
+
+    for label, extra, ranks in variants:
         name = label.split(" ")[0]
         pcfg = ProbeConfig(**{**cfg.probe.to_dict(), "selector": name, **extra})
         set_seed(cfg.seed)
-        sel = select_layers(SelectionContext(ws.model, pbatches, pcfg, cfg.seed, False, adapter=cfg.adapter))
-        rows[label] = {"selector": label, "layers": sel.layers, "probe_seconds": sel.seconds,
+        sel = select_layers(SelectionContext(ws.model, pbatches, pcfg, cfg.seed, False, adapter=adapter_of(ranks)))
+        rows[label] = {"selector": label, "layers": sel.layers, "probe_seconds": sel.seconds, "ranks": ranks,
                        "details": {k: v for k, v in sel.details.items() if k != "matrix_snr"}}
         log(f"{label}: layers {sel.layers} in {sel.seconds:.1f}s")
         if label == "gradient-norm":
@@ -349,20 +363,32 @@ def main(argv: list[str] | None = None) -> None:
                               "signal_kept": 1.0, "standard": True}, **rows}
 
     # cost model (calibrated by the cost-aware selector, cached): predictions at the training batches
+    # Each cost-aware row is predicted by the model its own selection calibrated (its ranks); the
+    # other rows by the default-rank one. Ratios come from one model: the row's.
     cost = CostModel.load(cost_cache_path(rows["cost-aware"]["details"]["cost_model_key"]))
+    models = {}
+
+    def model_of(row) -> CostModel:
+        key = row.get("details", {}).get("cost_model_key")
+        if key and key not in models:
+            models[key] = CostModel.load(cost_cache_path(key))
+        return models.get(key, cost)
+
     tokens = statistics.median(step_tokens(ws.train_items, cfg.train.batch_size, cfg.seed, pad, a.steps))
     for row in rows.values():
         row["predicted_step_seconds"] = (cost.predict_standard(cfg.adapter, tokens) if row.get("standard")
-                                         else cost.predict(row["layers"], cfg.adapter, tokens))
+                                         else model_of(row).predict(row["layers"], adapter_of(row["ranks"]), tokens))
 
     # 2. interleaved step timing on real training batches, one adapter per distinct layer set
     configs, config_of = {}, {}
     for label, row in rows.items():
         key = "standard" if row.get("standard") else "L" + "-".join(map(str, row["layers"]))
+        if row.get("ranks"):
+            key += "-r" + "-".join(map(str, row["ranks"]))
         config_of[label] = key
         if key not in configs:
             configs[key] = standard_lora_config(arch, n, cfg.adapter) if row.get("standard") else \
-                aletheia_lora_config(arch, row["layers"], cfg.adapter)
+                aletheia_lora_config(arch, row["layers"], adapter_of(row.get("ranks")))
     tbatches = list(itertools.islice(train_batches(ws.train_items, cfg.train.batch_size, cfg.seed, pad),
                                      a.timing_rounds + 1))
     log(f"interleaved timing: {len(configs)} configurations x {a.timing_rounds} rounds")
@@ -370,14 +396,16 @@ def main(argv: list[str] | None = None) -> None:
     for label, row in rows.items():
         key = config_of[label]
         row["timed_step_seconds"] = statistics.median(times[key])
-        pred = [cost.predict_standard(cfg.adapter, t) if row.get("standard") else cost.predict(row["layers"], cfg.adapter, t)
-                for t in toks[key]]
+        m = model_of(row)
+        pred = [m.predict_standard(cfg.adapter, t) if row.get("standard")
+                else m.predict(row["layers"], adapter_of(row.get("ranks")), t) for t in toks[key]]
         row["predicted_timed_seconds"] = statistics.median(pred)
+        row["predicted_standard_timed_seconds"] = statistics.median(
+            m.predict_standard(cfg.adapter, t) for t in toks[config_of["standard LoRA"]])
     std_t = rows["standard LoRA"]["timed_step_seconds"]
-    std_p = rows["standard LoRA"]["predicted_timed_seconds"]
     for row in rows.values():
         row["speedup"] = std_t / row["timed_step_seconds"]
-        row["predicted_speedup"] = std_p / row["predicted_timed_seconds"]
+        row["predicted_speedup"] = row["predicted_standard_timed_seconds"] / row["predicted_timed_seconds"]
         row["prediction_error"] = row["predicted_timed_seconds"] / row["timed_step_seconds"] - 1
 
     # 3. training runs, one subprocess each (per-run peak memory); identical layer sets train once
@@ -387,8 +415,11 @@ def main(argv: list[str] | None = None) -> None:
         if key in seen:
             continue
         seen.add(key)
-        specs.append({"name": key, "kind": "ours", "layers": None if key == "standard" else row["layers"],
-                      "steps": a.steps, "settings": settings})
+        spec = {"name": key, "kind": "ours", "layers": None if key == "standard" else row["layers"],
+                "steps": a.steps, "settings": settings}
+        if row.get("ranks"):
+            spec["ranks"] = row["ranks"]
+        specs.append(spec)
     results = {}
     for i in range(0, len(specs), a.parallel):
         batch = specs[i:i + a.parallel]
@@ -426,12 +457,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def retime(a) -> str:
-    """Fresh calibration plus interleaved timing of the layer sets a full run chose (no training)."""
+    """The cost model checked out of sample, in one time window (no training).
+
+    The calibration configurations (for every adapter rank setting among the rows) and the layer sets
+    a full run chose are timed together, interleaved round by round, so the machine's speed is the
+    same for all of them. The model is fitted on the calibration configurations only and predicts
+    the chosen sets, which it has not seen.
+    """
     import torch
 
     from aletheia.architectures import get_architecture, num_layers
-    from aletheia.cost import calibrate, time_adapter_steps
-    from aletheia.data import probe_batches, train_batches
+    from aletheia.cost import (CostModel, adapter_ranks, calibration_layer_sets, fit_coefficients, hardware_name,
+                               module_shapes, step_features, time_adapter_steps)
+    from aletheia.data import train_batches
     from aletheia.lora import aletheia_lora_config, standard_lora_config
     from aletheia.recipe import prepare
 
@@ -444,31 +482,63 @@ def retime(a) -> str:
     ws = prepare(cfg, "cpu" if s["cpu"] else None)
     pad = ws.tokenizer.pad_token_id
     arch, n = get_architecture(ws.model), num_layers(ws.model)
-    pbatches = probe_batches(ws.train_items, cfg.probe.batches, cfg.probe.batch_size, cfg.seed, pad)
-    cost = calibrate(ws.model, pbatches, cfg.adapter, rounds=3, cache=False)
-    sets = {}
+    shapes = module_shapes(ws.model, arch)
+
+    def adapter_of(ranks):
+        return cfg.adapter if not ranks else cfg.adapter.replace(attention_rank=ranks[0], mlp_rank=ranks[1])
+
+    # name -> (layers, standard?, ranks, selectors using it)
+    sets: dict[str, tuple] = {"standard": (list(range(n)), True, None, [])}
     for row in report["rows"]:
-        key = "standard" if row.get("standard") else "L" + "-".join(map(str, row["layers"]))
-        sets.setdefault(key, (row["layers"], bool(row.get("standard")), []))[2].append(row["selector"])
-    configs = {k: standard_lora_config(arch, n, cfg.adapter) if std else aletheia_lora_config(arch, lay, cfg.adapter)
-               for k, (lay, std, _) in sets.items()}
+        if row.get("standard"):
+            sets["standard"][3].append(row["selector"])
+            continue
+        key = "L" + "-".join(map(str, row["layers"])) + ("-r" + "-".join(map(str, row["ranks"])) if row.get("ranks") else "")
+        sets.setdefault(key, (row["layers"], False, row.get("ranks"), []))[3].append(row["selector"])
+    calib = {}
+    for ranks in {tuple(v[2]) if v[2] else () for v in sets.values()}:
+        for name, layers in calibration_layer_sets(n).items():
+            calib[f"cal:{name}" + (f":r{ranks[0]}/{ranks[1]}" if ranks else "")] = (layers, False, list(ranks), [])
+    calib["cal:standard"] = (list(range(n)), True, None, [])
+
+    def lora(layers, std, ranks):
+        return standard_lora_config(arch, n, cfg.adapter) if std else aletheia_lora_config(arch, layers, adapter_of(ranks))
+
+    def feats(layers, std, ranks):
+        return step_features(shapes, layers, adapter_ranks(arch, adapter_of(ranks), std))
+
+    everything = {**calib, **sets}
     tb = list(itertools.islice(train_batches(ws.train_items, cfg.train.batch_size, cfg.seed, pad), a.timing_rounds + 1))
-    times, toks = time_adapter_steps(ws.model, configs, tb, a.timing_rounds, 1)
-
-    def pred(k, t):
-        lay, std, _ = sets[k]
-        return cost.predict_standard(cfg.adapter, t) if std else cost.predict(lay, cfg.adapter, t)
-
-    med = {k: statistics.median(times[k]) for k in sets}
-    pm = {k: statistics.median(pred(k, t) for t in toks[k]) for k in sets}
-    lines = ["| selectors | lowest | measured step s | step-time ratio | predicted s | error | predicted ratio |",
-             "|---|---|---|---|---|---|---|"]
-    for k, (lay, std, names) in sets.items():
-        lines.append(f"| {', '.join(names)} | {min(lay)} | {med[k]:.2f} | {med['standard'] / med[k]:.2f}x | "
-                     f"{pm[k]:.2f} | {pm[k] / med[k] - 1:+.1%} | {pm['standard'] / pm[k]:.2f}x |")
-    text = "\n".join(lines) + f"\n\n{a.timing_rounds} interleaved rounds; {cost.hardware}.\n"
+    log(f"one window: {len(calib)} calibration + {len(sets)} chosen configurations x {a.timing_rounds} rounds")
+    times, toks = time_adapter_steps(ws.model, {k: lora(*v[:3]) for k, v in everything.items()}, tb,
+                                     a.timing_rounds, 1, progress=True)
+    ref = int(statistics.median(t for k in everything for t in toks[k]))
+    scaled = {k: [t * ref / tok for t, tok in zip(times[k], toks[k])] for k in everything}
+    rows_x, ys = [], []
+    for k, v in calib.items():
+        for y in scaled[k]:
+            rows_x.append(feats(*v[:3]))
+            ys.append(y)
+    cost = CostModel(n, fit_coefficients(rows_x, ys), ref, shapes, list(arch.attention), list(arch.mlp),
+                     hardware=hardware_name(next(ws.model.parameters()).device))
+    med = {k: statistics.median(scaled[k]) for k in everything}
+    pred = {k: cost.predict_features(feats(*v[:3])) for k, v in everything.items()}
+    lines = ["| selectors | lowest | measured step s | step-time ratio | predicted s | error | predicted ratio | ratio error |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k, (lay, std, ranks, names) in sets.items():
+        ratio, pratio = med["standard"] / med[k], pred["standard"] / pred[k]
+        lines.append(f"| {', '.join(names)} | {min(lay)} | {med[k]:.2f} | {ratio:.2f}x | {pred[k]:.2f} | "
+                     f"{pred[k] / med[k] - 1:+.1%} | {pratio:.2f}x | {pratio / ratio - 1:+.1%} |")
+    errors = [pred[k] / med[k] - 1 for k in sets]
+    fit_errors = [pred[k] / med[k] - 1 for k in calib]
+    text = ("\n".join(lines) + f"\n\nFitted on {len(calib)} calibration configurations (in-sample error "
+            f"{min(fit_errors):+.1%} to {max(fit_errors):+.1%}); the rows above are out of sample: error "
+            f"{min(errors):+.1%} to {max(errors):+.1%}. Coefficients (s at {ref} tokens): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in cost.coefficients.items())
+            + f". {a.timing_rounds} interleaved rounds; {cost.hardware}.\n")
     (out_dir / "retime.md").write_text(text)
-    (out_dir / "retime.json").write_text(json.dumps({"times": times, "tokens": toks, "cost": cost.to_dict()}, indent=1))
+    (out_dir / "retime.json").write_text(json.dumps({"times": times, "tokens": toks, "cost": cost.to_dict(),
+                                                     "measured": med, "predicted": pred}, indent=1))
     return text
 
 
