@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -221,14 +222,21 @@ def test_killed_at_random_moments_resumes_to_the_same_rows(tiny_model_dir, tmp_p
     spec = tiny_spec([tiny_model_dir], seeds=[42, 123], recipes=["standard", "aletheia"])
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(spec.to_yaml())
-    reference = {(r["seed"], r["recipe"]): r for r in run_campaign(spec, tmp_path / "ref", progress=False)}
+    # the uninterrupted run, as a subprocess too, sets the scale of the kill moments
+    ref_cmd = [sys.executable, "-m", "aletheia.cli", "campaign", "run", str(spec_file), "--output",
+               str(tmp_path / "ref"), "-q"]
+    start = time.perf_counter()
+    subprocess.run(ref_cmd, capture_output=True, text=True, timeout=300, check=True)
+    full = time.perf_counter() - start
+    reference = {(r["seed"], r["recipe"]): r for r in read_results_csv(tmp_path / "ref" / "results.csv")}
 
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "aletheia.cli", "campaign", "run", str(spec_file), "--output", str(out), "-q"]
     rng = random.Random()
     delays, kills = [], 0
-    for _ in range(6):  # SIGKILL at a random moment (imports, training, saving, writing the record)
-        delay = rng.uniform(1.0, 8.0)
+    for attempt in range(6):  # SIGKILL at a random moment (imports, training, saving, writing the record)
+        # the first kill surely lands before the end; later ones may find the run already finished
+        delay = rng.uniform(0.15, 0.7) * full if attempt == 0 else rng.uniform(0.1, 1.0) * full
         delays.append(round(delay, 2))
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
