@@ -40,16 +40,21 @@ def read_run(folder) -> tuple[dict, dict, list[float]]:
     return probe, summary, losses
 
 
+def torchrun_cli(verb: str, config: str) -> subprocess.CompletedProcess:
+    """``aletheia VERB --config CONFIG`` in two CPU processes under torchrun (gloo)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "aletheia.cli", verb, "--config", config, "--quiet"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_two_cpu_processes_match_one(tiny_model_dir, alpaca_file, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run_training(RunConfig.from_yaml(write_config(tmp_path, tiny_model_dir, alpaca_file, one)), progress=False)
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "aletheia.cli", "train", "--config", write_config(tmp_path, tiny_model_dir, alpaca_file, two),
-           "--quiet"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_cli("train", write_config(tmp_path, tiny_model_dir, alpaca_file, two))
 
     probe1, summary1, losses1 = read_run(one)
     probe2, summary2, losses2 = read_run(two)
@@ -69,12 +74,7 @@ def test_two_cpu_processes_match_one(tiny_model_dir, alpaca_file, tmp_path):
 
 def test_compare_under_torchrun_writes_once_and_prints_one_table(tiny_model_dir, alpaca_file, tmp_path):
     out = tmp_path / "cmp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "aletheia.cli", "compare", "--config", write_config(tmp_path, tiny_model_dir, alpaca_file, out),
-           "--quiet"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun_cli("compare", write_config(tmp_path, tiny_model_dir, alpaca_file, out))
     assert done.stdout.count("speedup (std / ale time)") == 1  # process 1 prints nothing
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["standard"]["processes"] == 2 and comparison["aletheia"]["processes"] == 2
