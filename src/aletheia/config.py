@@ -90,6 +90,11 @@ class _Config:
         return dataclasses.replace(self, **changes)
 
 
+def duplicate_names(field_name: str, names: list[str], hint: str = "") -> list[str]:
+    """One problem line per name that appears more than once in a list of named items."""
+    return [f"{field_name}: '{n}' appears twice{hint}" for n in sorted({n for n in names if names.count(n) > 1})]
+
+
 def _coerce(name: str, value: Any, typ: Any) -> Any:
     """Light type checking for YAML values: ints where floats are expected, lists for tuples."""
     if value is None:

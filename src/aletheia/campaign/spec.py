@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import AdapterConfig, DataConfig, ProbeConfig, TrainConfig, _Config
+from ..config import AdapterConfig, DataConfig, ProbeConfig, TrainConfig, _Config, duplicate_names
 from ..errors import ConfigError
 
 RECIPES = ("standard", "aletheia", "compute_matched", "budget_sweep")
@@ -281,8 +281,7 @@ class CampaignSpec(_Config):
                              f"campaign's recipes ({', '.join(names)})")
         if not names:
             p.append("recipes must list at least one recipe (e.g. standard, aletheia)")
-        for n in sorted({n for n in names if names.count(n) > 1}):
-            p.append(f"recipes: {n} appears twice (budget_sweep takes several budgets)")
+        p += duplicate_names("recipes", names, " (budget_sweep takes several budgets)")
         if names and "standard" not in names:
             p.append("recipes must include standard: every other recipe is paired against it")
         cm, ale, sweep = self.recipe("compute_matched"), self.recipe("aletheia"), self.recipe("budget_sweep")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..campaign.spec import ExecutorConfig
-from ..config import AdapterConfig, DataConfig, ProbeConfig, TrainConfig, _Config
+from ..config import AdapterConfig, DataConfig, ProbeConfig, TrainConfig, _Config, duplicate_names
 from ..errors import ConfigError
 
 MODULE_SETS = ("attention", "mlp", "both")
@@ -98,9 +98,7 @@ class ScanConfig(_Config):
             p.append("arms must list at least one arm")
         for arm in self.arms:
             p += [f"arms.{q}" for q in arm.problems()]
-        names = [a.name for a in self.arms]
-        for n in sorted({n for n in names if names.count(n) > 1}):
-            p.append(f"arms: '{n}' appears twice (names must be unique)")
+        p += duplicate_names("arms", [a.name for a in self.arms], " (names must be unique)")
         return p
 
 
@@ -164,9 +162,7 @@ class PushConfig(_Config):
         p = []
         for v in self.variations:
             p += [f"variations.{q}" for q in v.problems()]
-        names = [v.name for v in self.variations]
-        for n in sorted({n for n in names if names.count(n) > 1}):
-            p.append(f"variations: '{n}' appears twice")
+        p += duplicate_names("variations", [v.name for v in self.variations])
         return p
 
 
