@@ -238,6 +238,17 @@ def run_workers(specs: list[dict], out_dir: Path, reuse: bool) -> dict[str, dict
     return results
 
 
+def rank_pair(text: str) -> tuple[int, int]:
+    """``64/128`` -> (64, 128): attention and MLP ranks of extra cost-aware rows."""
+    try:
+        att, mlp = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not ATT/MLP ranks, e.g. 64/128") from None
+    if att < 1 or mlp < 1:
+        raise argparse.ArgumentTypeError(f"ranks must be at least 1, got {text}")
+    return att, mlp
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--time-budget", type=float, nargs="*", default=[0.55, 0.6, 0.65],
                     help="extra cost-aware rows, one per budget (fraction of standard step time); none: no rows")
-    ap.add_argument("--ranks", nargs="*", default=[], metavar="ATT/MLP",
+    ap.add_argument("--ranks", nargs="*", default=[], metavar="ATT/MLP", type=rank_pair,
                     help="extra cost-aware rows (each --time-budget) with these attention/MLP ranks, e.g. 64/128")
     ap.add_argument("--eval-examples", type=int, default=64)
     ap.add_argument("--timing-rounds", type=int, default=5, help="interleaved timed steps per configuration")
@@ -333,8 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     pbatches = probe_batches(ws.train_items, cfg.probe.batches, cfg.probe.batch_size, cfg.seed, pad)
     rows = {}
     extra_rows = [(f"cost-aware (budget {b:g})", {"time_budget": b}, None) for b in a.time_budget or []]
-    for ranks in a.ranks:
-        att, mlp = (int(x) for x in ranks.split("/"))
+    for att, mlp in a.ranks:
         extra_rows += [(f"cost-aware (budget {b:g}, ranks {att}/{mlp})", {"time_budget": b}, [att, mlp])
                        for b in a.time_budget or []]
     variants = [(name, {}, None) for name in SELECTORS]
