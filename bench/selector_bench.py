@@ -477,7 +477,7 @@ def retime(a) -> str:
     import torch
 
     from aletheia.architectures import get_architecture, num_layers
-    from aletheia.cost import (CostModel, adapter_ranks, calibration_layer_sets, fit_coefficients, hardware_name,
+    from aletheia.cost import (CostModel, adapter_ranks, calibration_layer_sets, fit_timed, hardware_name,
                                module_shapes, step_features, time_adapter_steps)
     from aletheia.data import train_batches
     from aletheia.lora import aletheia_lora_config, standard_lora_config
@@ -522,14 +522,8 @@ def retime(a) -> str:
     log(f"one window: {len(calib)} calibration + {len(sets)} chosen configurations x {a.timing_rounds} rounds")
     times, toks = time_adapter_steps(ws.model, {k: lora(*v[:3]) for k, v in everything.items()}, tb,
                                      a.timing_rounds, 1, progress=True)
-    ref = int(statistics.median(t for k in everything for t in toks[k]))
-    scaled = {k: [t * ref / tok for t, tok in zip(times[k], toks[k])] for k in everything}
-    rows_x, ys = [], []
-    for k, v in calib.items():
-        for y in scaled[k]:
-            rows_x.append(feats(*v[:3]))
-            ys.append(y)
-    cost = CostModel(n, fit_coefficients(rows_x, ys), ref, shapes, list(arch.attention), list(arch.mlp),
+    coef, ref, scaled = fit_timed({k: feats(*v[:3]) for k, v in calib.items()}, times, toks)
+    cost = CostModel(n, coef, ref, shapes, list(arch.attention), list(arch.mlp),
                      hardware=hardware_name(next(ws.model.parameters()).device))
     med = {k: statistics.median(scaled[k]) for k in everything}
     pred = {k: cost.predict_features(feats(*v[:3])) for k, v in everything.items()}

@@ -59,6 +59,19 @@ def test_fit_recovers_known_coefficients_and_never_goes_negative():
     assert all(v >= 0 for v in fitted.values())
 
 
+def test_timed_steps_are_scaled_to_one_token_count_before_the_fit():
+    from aletheia.cost import fit_timed
+
+    feats = {"a": {"intercept": 1.0, "per_block": 1.0, "per_module": 0.0, "per_mparam": 0.0},
+             "b": {"intercept": 1.0, "per_block": 3.0, "per_module": 0.0, "per_mparam": 0.0}}
+    # the same work per token: a 200-token step takes twice a 100-token step
+    times = {"a": [1.0, 2.0], "b": [2.0, 4.0], "held-out": [9.0]}
+    tokens = {"a": [100, 200], "b": [100, 200], "held-out": [150]}
+    coef, ref, scaled = fit_timed(feats, times, tokens)
+    assert ref == 150 and scaled["a"] == pytest.approx([1.5, 1.5]) and scaled["held-out"] == [9.0]
+    assert coef["intercept"] == pytest.approx(0.75) and coef["per_block"] == pytest.approx(0.75)
+
+
 def test_calibration_fits_timed_steps_leaves_the_model_unchanged_and_is_cached(tmp_path):
     model = tiny_llama(num_layers=4)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

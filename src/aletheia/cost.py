@@ -158,6 +158,22 @@ def fit_coefficients(rows: list[dict[str, float]], seconds: list[float]) -> dict
     return out
 
 
+def fit_timed(
+    features: dict[str, dict[str, float]], times: dict[str, list[float]], tokens: dict[str, list[int]]
+) -> tuple[dict[str, float], int, dict[str, list[float]]]:
+    """Fit the coefficients to the timed steps of the configurations named in ``features``.
+
+    Every step (of every configuration in ``times``) is first scaled to the median padded-token
+    count, since step time is close to linear in tokens. Returns the coefficients, that reference
+    token count and the scaled seconds of every configuration.
+    """
+    ref = int(statistics.median(t for name in times for t in tokens[name]))
+    scaled = {name: [t * ref / tok for t, tok in zip(times[name], tokens[name])] for name in times}
+    rows = [features[name] for name in features for _ in scaled[name]]
+    ys = [y for name in features for y in scaled[name]]
+    return fit_coefficients(rows, ys), ref, scaled
+
+
 def hardware_name(device: torch.device) -> str:
     """What the timings depend on: accelerator or CPU model, thread count, torch version."""
     if device.type == "cuda":
@@ -324,22 +340,14 @@ def calibrate(
 
     times, tokens = time_adapter_steps(model, {name: c[0] for name, c in configs.items()}, batches,
                                        rounds, warmup, progress)
-    names = list(configs)
-    ref_tokens = int(statistics.median(t for name in names for t in tokens[name]))
-    rows, ys, points = [], [], []
     ranks_std = adapter_ranks(arch, adapter, True)
     ranks_al = adapter_ranks(arch, adapter, False)
-    for name in names:
-        _, layers, standard = configs[name]
-        feats = step_features(shapes, layers, ranks_std if standard else ranks_al)
-        # each step scaled to the reference token count: time is close to linear in tokens
-        scaled = [t * ref_tokens / tok for t, tok in zip(times[name], tokens[name])]
-        for y in scaled:
-            rows.append(feats)
-            ys.append(y)
-        points.append({"name": name, "layers": layers, "standard": standard, "features": feats,
-                       "seconds": statistics.median(scaled), "all_seconds": scaled})
-    coef = fit_coefficients(rows, ys)
+    features = {name: step_features(shapes, layers, ranks_std if standard else ranks_al)
+                for name, (_, layers, standard) in configs.items()}
+    coef, ref_tokens, scaled = fit_timed(features, times, tokens)
+    points = [{"name": name, "layers": layers, "standard": standard, "features": features[name],
+               "seconds": statistics.median(scaled[name]), "all_seconds": scaled[name]}
+              for name, (_, layers, standard) in configs.items()]
     result = CostModel(n, coef, ref_tokens, shapes, list(arch.attention), list(arch.mlp), key,
                        hardware_name(device), points)
     for pt in points:
