@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from aletheia.architectures import get_architecture, num_layers
 from aletheia.config import AdapterConfig
 from aletheia.data import load_examples, probe_batches, tokenize_examples, train_batches
+from aletheia.lm_loss import causal_lm_loss
 from aletheia.lora import aletheia_lora_config, apply_lora, standard_lora_config
 from aletheia.models import load_model_and_tokenizer
 from aletheia.probe import run_probe
@@ -37,7 +38,7 @@ from aletheia.utils import set_seed
 def timed_step(model, opt, batches, accum):
     t0 = time.perf_counter()
     for _ in range(accum):
-        loss = model(**next(batches)).loss / accum
+        loss = causal_lm_loss(model, next(batches)) / accum
         loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     opt.step()

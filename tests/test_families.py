@@ -19,7 +19,9 @@ from peft.tuners.lora import LoraLayer
 from aletheia.architectures import (ARCHITECTURES, get_architecture, get_blocks, resolve_architecture,
                                     set_architecture, supported_table)
 from aletheia.config import AdapterConfig, TrainConfig
+from aletheia.data import train_batches
 from aletheia.errors import AletheiaError
+from aletheia.lm_loss import causal_lm_loss
 from aletheia.lora import aletheia_lora_config, apply_lora
 from aletheia.probe import run_probe
 from aletheia.selection import top_fraction
@@ -301,3 +303,39 @@ def test_readme_lists_the_registry():
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
     assert supported_table() in readme.read_text()
+
+
+# --- the loss every stage uses ------------------------------------------------------------------
+
+LOSS_CASES = FAMILIES + [("mixtral with router loss", "MixtralConfig",
+                          {**KV, "num_local_experts": 4, "num_experts_per_tok": 2, "output_router_logits": True,
+                           "router_aux_loss_coef": 0.5}, "mixtral")]
+
+
+@pytest.mark.parametrize("case", LOSS_CASES, ids=[c[0] for c in LOSS_CASES])
+def test_head_on_scored_positions_gives_hf_loss_and_gradients(case):
+    """``causal_lm_loss`` runs the output head only where a label is scored and matches HF's loss."""
+    _, config_class, extra, _ = case
+    model = build(config_class, extra).eval()  # no dropout: both losses see the same network
+    items = token_items(3, length=12, seed=5)
+    items[1] = {"input_ids": items[1]["input_ids"][:7], "labels": items[1]["labels"][:7]}  # shorter: padded
+    batch = next(train_batches(items, 3, seed=0, pad_id=2))
+    scored = int((batch["labels"][:, 1:] != -100).sum())
+    assert scored < batch["labels"].numel() - 3  # prompt and padding positions are left out
+
+    def loss_and_grads(loss_fn):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    hf_loss, hf_grads = loss_and_grads(lambda: model(**batch).loss)
+    head_rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, o: head_rows.append(a[0].shape[:-1]))
+    ours, our_grads = loss_and_grads(lambda: causal_lm_loss(model, batch))
+    hook.remove()
+    assert head_rows == [torch.Size([scored])]  # the head ran on the scored positions only
+    assert torch.allclose(ours, hf_loss, atol=1e-6)
+    assert hf_grads.keys() == our_grads.keys() and hf_grads
+    for name, grad in hf_grads.items():
+        assert torch.allclose(our_grads[name], grad, atol=1e-6, rtol=1e-4), name

@@ -41,10 +41,11 @@ from torch import nn
 from .architectures import Architecture, get_architecture, get_blocks
 from .config import AdapterConfig
 from .errors import AletheiaError
+from .lm_loss import causal_lm_loss
 from .lora import aletheia_lora_config, standard_lora_config
 from .utils import atomic_write_text
 
-COST_MODEL_VERSION = 2
+COST_MODEL_VERSION = 3
 FEATURES = ("intercept", "per_block", "per_module", "per_mparam")
 
 
@@ -240,7 +241,7 @@ def _time_step(model, params, optimizer, batch, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    loss = model(**batch).loss
+    loss = causal_lm_loss(model, batch)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .architectures import _base_model, get_blocks
 from .errors import AletheiaError
+from .lm_loss import causal_lm_loss
 
 
 @dataclass
@@ -110,7 +111,7 @@ def _hook_linears(model: nn.Module, layers, add) -> list:
 
 def _loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     batch = {k: v.to(device) for k, v in batch.items()}
-    loss = model(**batch).loss
+    loss = causal_lm_loss(model, batch)
     if not torch.isfinite(loss):
         raise AletheiaError(f"the probe loss is not finite ({loss.item()}); try --dtype float32")
     return loss

@@ -30,6 +30,7 @@ from transformers import get_cosine_schedule_with_warmup
 from . import distributed
 from .config import TrainConfig
 from .data import train_batches
+from .lm_loss import causal_lm_loss
 
 
 @dataclass
@@ -140,7 +141,7 @@ def train_lora(
             # DDP averages gradients over the N processes; the factor N restores the plain sum
             sync = micro == last_mine or not distributed.active()
             with autocast, (nullcontext() if sync else forward.no_sync()):
-                loss = forward(**batch).loss / cfg.grad_accum
+                loss = causal_lm_loss(model, batch, forward) / cfg.grad_accum
                 bad = distributed.any_process(not torch.isfinite(loss), device)
                 if not bad:
                     scaler.scale(loss * n_proc).backward()

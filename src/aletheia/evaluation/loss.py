@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import IGNORE_INDEX, Example, prompt_text
+from ..data import Example, prompt_text
+from ..lm_loss import scored_logits
 
 
 @torch.no_grad()
@@ -20,15 +21,9 @@ def heldout_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], progr
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for batch in tqdm(batches, desc="held-out loss", disable=not progress, leave=False):
-        ids = batch["input_ids"].to(device)
-        logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits
-        labels = batch["labels"].to(device)[:, 1:]
-        nll = F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="sum",
-        )
-        total += nll.item()
-        count += int((labels != IGNORE_INDEX).sum())
+        logits, targets, _ = scored_logits(model, {k: v.to(device) for k, v in batch.items()})
+        total += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+        count += targets.numel()
     model.train(was_training)
     return total / max(count, 1)
 
