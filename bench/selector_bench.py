@@ -132,9 +132,10 @@ def worker(spec: dict) -> dict:
         aletheia_lora_config(arch, layers, cfg.adapter)
     set_seed(cfg.seed)
     model = apply_lora(ws.model, lora_cfg)
+    out_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     first = next(train_batches(ws.train_items, cfg.train.batch_size, cfg.seed, pad))
     out = {"name": spec["name"], "kind": spec["kind"], "layers": layers, "steps": spec["steps"],
-           "backward_floor": backward_floor(model, first)}
+           "backward_floor": backward_floor(model, first), "trainable_params": out_params}
     gc.collect()
     out["peak_reset"] = reset_peak_rss()
     out["rss_before_train_bytes"] = (_status_kb("VmRSS") or 0) * 1024
@@ -263,6 +264,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="extra cost-aware rows, one per budget (fraction of standard step time); none: no rows")
     ap.add_argument("--ranks", nargs="*", default=[], metavar="ATT/MLP", type=rank_pair,
                     help="extra cost-aware rows (each --time-budget) with these attention/MLP ranks, e.g. 64/128")
+    ap.add_argument("--match-parameters", action="store_true",
+                    help="extra cost-aware rows (each --time-budget) whose MLP rank is raised to standard "
+                         "LoRA's parameter count (--match-parameters of the CLI)")
+    ap.add_argument("--extra-seeds", type=int, nargs="*", default=[],
+                    help="train standard LoRA and every cost-aware row again with these seeds (same layers)")
     ap.add_argument("--eval-examples", type=int, default=64)
     ap.add_argument("--timing-rounds", type=int, default=5, help="interleaved timed steps per configuration")
     ap.add_argument("--hf-steps", type=int, default=30, help="steps of the paired ours-vs-Trainer run")
@@ -347,10 +353,15 @@ def main(argv: list[str] | None = None) -> None:
     for att, mlp in a.ranks:
         extra_rows += [(f"cost-aware (budget {b:g}, ranks {att}/{mlp})", {"time_budget": b}, [att, mlp])
                        for b in a.time_budget or []]
+    if a.match_parameters:
+        extra_rows += [(f"cost-aware (budget {b:g}, matched parameters)", {"time_budget": b}, "matched")
+                       for b in a.time_budget or []]
     variants = [(name, {}, None) for name in SELECTORS]
     variants[3:3] = extra_rows
 
     def adapter_of(ranks):
+        if ranks == "matched":
+            return cfg.adapter.replace(match_parameters=True)
         return cfg.adapter if ranks is None else cfg.adapter.replace(attention_rank=ranks[0], mlp_rank=ranks[1])
 
     for _, _, ranks in variants:
@@ -361,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
         pcfg = ProbeConfig(**{**cfg.probe.to_dict(), "selector": name, **extra})
         set_seed(cfg.seed)
         sel = select_layers(SelectionContext(ws.model, pbatches, pcfg, cfg.seed, False, adapter=adapter_of(ranks)))
+        if ranks == "matched":  # from here on the row is its chosen set at its matched ranks
+            ranks = [sel.details["attention_rank"], sel.details["mlp_rank"]]
         rows[label] = {"selector": label, "layers": sel.layers, "probe_seconds": sel.seconds, "ranks": ranks,
                        "details": {k: v for k, v in sel.details.items() if k != "matrix_snr"}}
         log(f"{label}: layers {sel.layers} in {sel.seconds:.1f}s")
@@ -430,6 +443,10 @@ def main(argv: list[str] | None = None) -> None:
         if row.get("ranks"):
             spec["ranks"] = row["ranks"]
         specs.append(spec)
+    for seed in a.extra_seeds:  # the same layer sets, trained again with another seed
+        for spec in [s for s in specs if s["name"] == "standard" or
+                     any(config_of[lb] == s["name"] for lb in rows if lb.startswith("cost-aware"))]:
+            specs.append({**spec, "name": f"{spec['name']}-seed{seed}", "settings": {**settings, "seed": seed}})
     results = {}
     for i in range(0, len(specs), a.parallel):
         batch = specs[i:i + a.parallel]
@@ -444,6 +461,13 @@ def main(argv: list[str] | None = None) -> None:
         row["loss_ratio"] = r["eval_loss"] / std_run["eval_loss"]
         row["memory_ratio"] = r["peak_rss_bytes"] / std_run["peak_rss_bytes"]
         row["train_speedup"] = std_run["median_step_seconds"] / r["median_step_seconds"]
+        row["trainable_params"] = r.get("trainable_params")
+        row["loss_ratio_by_seed"] = {str(cfg.seed): row["loss_ratio"]}
+        for seed in a.extra_seeds:
+            other = results.get(f"{config_of[label]}-seed{seed}")
+            if other:
+                row["loss_ratio_by_seed"][str(seed)] = other["eval_loss"] / results[f"standard-seed{seed}"]["eval_loss"]
+        row["mean_loss_ratio"] = statistics.mean(row["loss_ratio_by_seed"].values())
 
     # 4. our loop against HF Trainer + PEFT, run side by side
     log(f"ours vs HF Trainer, {a.hf_steps} steps each, side by side")
@@ -549,6 +573,8 @@ def retime(a) -> str:
 COLUMNS = [
     ("selector", "selector", "{}"),
     ("layers", "layers", "{}"),
+    ("ranks_text", "ranks att/MLP", "{}"),
+    ("params_m", "trainable M", "{:.2f}"),
     ("lowest", "lowest", "{}"),
     ("speedup", "step-time ratio (std/sel)", "{:.2f}x"),
     ("predicted_speedup", "predicted ratio", "{:.2f}x"),
@@ -560,6 +586,7 @@ COLUMNS = [
     ("memory_ratio", "memory vs std", "{:.3f}"),
     ("eval_loss", "held-out loss", "{:.4f}"),
     ("loss_ratio", "loss vs std", "{:.4f}"),
+    ("seeds_text", "loss vs std, each seed", "{}"),
     ("signal_kept", "gradient signal kept", "{:.1%}"),
 ]
 
@@ -573,10 +600,18 @@ def _layers_text(layers: list[int], n: int) -> str:
 
 
 def write_tables(report: dict, out_dir: Path) -> str:
+    from aletheia.config import AdapterConfig
+
+    d = AdapterConfig()  # the bench trains with the default ranks unless a row says otherwise
     n = report["num_layers"]
     records = []
     for row in report["rows"]:
+        ranks = [d.standard_rank] * 2 if row.get("standard") else row.get("ranks") or [d.attention_rank, d.mlp_rank]
+        by_seed = row.get("loss_ratio_by_seed") or {}
         r = dict(row, lowest=min(row["layers"]), peak_mb=row["peak_rss_bytes"] / 2**20,
+                 ranks_text="/".join(map(str, ranks)), params_m=(row.get("trainable_params") or 0) / 1e6,
+                 seeds_text=(", ".join(f"{s}: {v - 1:+.2%}" for s, v in by_seed.items())
+                             + f" (mean {statistics.mean(by_seed.values()) - 1:+.2%})") if len(by_seed) > 1 else "",
                  layers=_layers_text(row["layers"], n),
                  ratio_error=row["predicted_speedup"] / row["speedup"] - 1)
         records.append(r)

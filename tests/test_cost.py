@@ -7,12 +7,14 @@ from test_probe import make_batches
 
 from aletheia.architectures import get_architecture
 from aletheia.config import AdapterConfig
+from aletheia.errors import AletheiaError
 from aletheia.cost import (
     CostModel,
     adapter_ranks,
     backward_floor,
     calibrate,
     fit_coefficients,
+    matched_adapter,
     module_shapes,
     step_features,
 )
@@ -123,3 +125,31 @@ def test_nothing_below_the_lowest_adapter_keeps_a_graph():
     peft_model = apply_lora(model, aletheia_lora_config(arch, [5]))
     peft_model.get_input_embeddings().weight.requires_grad_(True)
     assert backward_floor(peft_model, batch) == 0
+
+
+def test_matched_parameters_raise_the_mlp_rank_to_standard_loras_count_and_no_further():
+    model = tiny_llama(num_layers=6)
+    arch = get_architecture(model)
+    shapes = module_shapes(model)
+    adapter = AdapterConfig(attention_rank=2, mlp_rank=4, standard_rank=4, match_parameters=True)
+    standard = sum(p.numel() for p in apply_lora(tiny_llama(num_layers=6), standard_lora_config(
+        arch, 6, adapter)).parameters() if p.requires_grad)
+
+    def trainable(layers, a):
+        m = apply_lora(tiny_llama(num_layers=6), aletheia_lora_config(arch, layers, a))
+        return sum(p.numel() for p in m.parameters() if p.requires_grad)
+
+    for layers in ([4, 5], [3, 4, 5], [0, 2, 4]):
+        matched = matched_adapter(shapes, arch.attention, arch.mlp, layers, adapter)
+        assert matched.attention_rank == 2 and matched.mlp_rank > 4
+        assert trainable(layers, matched) <= standard < trainable(layers, matched.replace(mlp_rank=matched.mlp_rank + 1))
+    # off, or already above standard's count: the configured ranks stay
+    assert matched_adapter(shapes, arch.attention, arch.mlp, [4, 5], adapter.replace(match_parameters=False)) == \
+        adapter.replace(match_parameters=False)
+    every = adapter.replace(attention_rank=4)  # every layer at standard's rank already holds its count
+    assert matched_adapter(shapes, arch.attention, arch.mlp, list(range(6)), every).mlp_rank == 4
+
+
+def test_match_parameters_needs_mlp_adapters():
+    with pytest.raises(AletheiaError, match="match_parameters"):
+        AdapterConfig(match_parameters=True, modules="attention").validate()

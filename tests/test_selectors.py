@@ -9,7 +9,7 @@ from conftest import tiny_llama
 from test_probe import make_batches
 
 from aletheia.config import AdapterConfig, ProbeConfig
-from aletheia.cost import CostModel
+from aletheia.cost import CostModel, cost_cache_path
 from aletheia.errors import AletheiaError
 from aletheia.selection import SELECTORS, SelectionContext, select_layers, top_fraction
 from aletheia.selectors import candidate_sets, choose_cost_aware, matrix_snr, spectrum_scores
@@ -186,3 +186,15 @@ def test_cli_probe_with_the_cost_aware_selector_records_time_and_signal(tmp_path
         main(["probe", "--model", str(tiny_model_dir), "--selector", "cost-aware", "--time-budget", "2",
               "--output", str(out), "--quiet"])
     assert exit_info.value.code == 2 and "time_budget" in capsys.readouterr().err
+
+
+def test_cost_aware_with_matched_parameters_times_each_set_at_the_ranks_it_will_train_with():
+    model = tiny_llama(num_layers=6)
+    plain = select("cost-aware", model=model, time_budget=1.0)
+    adapter = AdapterConfig(attention_rank=2, mlp_rank=4, standard_rank=2, match_parameters=True)
+    cfg = ProbeConfig(selector="cost-aware", batches=2, batch_size=2, calibration_rounds=1, time_budget=1.0)
+    matched = select_layers(SelectionContext(model, make_batches(n=2), cfg, seed=42, progress=False, adapter=adapter))
+    cost = CostModel.load(cost_cache_path(matched.details["cost_model_key"]))
+    want = cost.matched(matched.layers, adapter)
+    assert matched.details["mlp_rank"] == want.mlp_rank >= 4 and plain.details["mlp_rank"] == 4
+    assert matched.details["predicted_step_seconds"] == pytest.approx(cost.predict(matched.layers, want))

@@ -36,6 +36,8 @@ SelectorOpt = typer.Option(None, help="Layer selector (default gradient-norm): g
 TimeBudgetOpt = typer.Option(None, "--time-budget",
                              help="cost-aware: largest predicted step time as a fraction of standard LoRA's.")
 TradeoffOpt = typer.Option(None, help="cost-aware: weight of step time against gradient signal kept.")
+MatchParamsOpt = typer.Option(None, "--match-parameters/--no-match-parameters",
+                              help="Raise the selected layers' MLP rank to standard LoRA's parameter count.")
 ProbeModeOpt = typer.Option(None, "--probe-mode", help="single-pass (default) or chunked.")
 LayersOpt = typer.Option(None, help="Explicit layers, e.g. '3,5,7' (overrides the probe's choice).")
 DtypeOpt = typer.Option(None, help="auto, float32, bfloat16 or float16.")
@@ -85,6 +87,7 @@ def build_config(config: Optional[Path], **flags) -> RunConfig:
         "selector": ("probe", "selector"), "probe_mode": ("probe", "mode"),
         "time_budget": ("probe", "time_budget"), "tradeoff": ("probe", "tradeoff"),
         "attention_rank": ("adapter", "attention_rank"), "mlp_rank": ("adapter", "mlp_rank"),
+        "match_parameters": ("adapter", "match_parameters"),
         "quantize": ("memory", "quantize"), "device_map": ("memory", "device_map"),
         "gradient_checkpointing": ("memory", "gradient_checkpointing"),
         "blocks_path": ("architecture", "blocks_path"),
@@ -141,6 +144,7 @@ def probe(
     batches: Optional[int] = BatchesOpt, batch_size: Optional[int] = BatchSizeOpt,
     max_length: Optional[int] = MaxLenOpt, selector: Optional[str] = SelectorOpt,
     time_budget: Optional[float] = TimeBudgetOpt, tradeoff: Optional[float] = TradeoffOpt,
+    match_parameters: Optional[bool] = MatchParamsOpt,
     probe_mode: Optional[str] = ProbeModeOpt, dtype: Optional[str] = DtypeOpt,
     device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
     quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
@@ -152,7 +156,7 @@ def probe(
 
     cfg = build_config(config, model=model, data=data, output=output or "runs/probe", seed=seed,
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
-                       time_budget=time_budget, tradeoff=tradeoff,
+                       time_budget=time_budget, tradeoff=tradeoff, match_parameters=match_parameters,
                        selector=selector, probe_mode=probe_mode, dtype=dtype, quantize=quantize,
                        device_map=device_map, gradient_checkpointing=gradient_checkpointing,
                        blocks_path=blocks_path, attention_modules=attention_modules, mlp_modules=mlp_modules)
@@ -169,6 +173,7 @@ def train(
     batches: Optional[int] = BatchesOpt, batch_size: Optional[int] = BatchSizeOpt,
     max_length: Optional[int] = MaxLenOpt, selector: Optional[str] = SelectorOpt,
     time_budget: Optional[float] = TimeBudgetOpt, tradeoff: Optional[float] = TradeoffOpt,
+    match_parameters: Optional[bool] = MatchParamsOpt,
     probe_mode: Optional[str] = ProbeModeOpt, layers: Optional[str] = LayersOpt,
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 2e-4)."),
     attention_rank: Optional[int] = typer.Option(None, help="Attention LoRA rank (default 16)."),
@@ -184,7 +189,7 @@ def train(
 
     cfg = build_config(config, method=method, model=model, data=data, output=output, seed=seed, steps=steps,
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
-                       time_budget=time_budget, tradeoff=tradeoff,
+                       time_budget=time_budget, tradeoff=tradeoff, match_parameters=match_parameters,
                        selector=selector, probe_mode=probe_mode, layers=layers, lr=lr,
                        attention_rank=attention_rank, mlp_rank=mlp_rank, dtype=dtype,
                        accuracy_examples=accuracy_examples, quantize=quantize, device_map=device_map,
@@ -208,6 +213,7 @@ def compare(
     batch_size: Optional[int] = BatchSizeOpt, max_length: Optional[int] = MaxLenOpt,
     selector: Optional[str] = SelectorOpt, probe_mode: Optional[str] = ProbeModeOpt,
     time_budget: Optional[float] = TimeBudgetOpt, tradeoff: Optional[float] = TradeoffOpt,
+    match_parameters: Optional[bool] = MatchParamsOpt,
     layers: Optional[str] = LayersOpt, lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     accuracy_examples: Optional[int] = AccuracyOpt, overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
@@ -224,7 +230,7 @@ def compare(
 
     cfg = build_config(config, model=model, data=data, output=output, seed=seed, steps=steps,
                        fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
-                       time_budget=time_budget, tradeoff=tradeoff,
+                       time_budget=time_budget, tradeoff=tradeoff, match_parameters=match_parameters,
                        selector=selector, probe_mode=probe_mode, layers=layers, lr=lr, dtype=dtype,
                        accuracy_examples=accuracy_examples, quantize=quantize, device_map=device_map,
                        gradient_checkpointing=gradient_checkpointing, blocks_path=blocks_path,

@@ -78,6 +78,31 @@ def adapter_ranks(arch: Architecture, adapter: AdapterConfig, standard: bool = F
     return {name: ranks[name] for name in arch.target_modules(adapter.modules)}
 
 
+def matched_adapter(
+    shapes: list[dict[str, list[int]]], attention: list[str], mlp: list[str], layers: list[int],
+    adapter: AdapterConfig,
+) -> AdapterConfig:
+    """``adapter`` with the largest MLP rank (at least ``mlp_rank``) whose adapters on ``layers`` hold
+    no more trainable parameters than standard LoRA's on every layer (``match_parameters``).
+
+    A LoRA pair of rank r on a (d_in, d_out) module has r·(d_in + d_out) parameters. Only dense MLP
+    modules are counted; fused expert parameters are not in ``shapes``, so an MoE keeps its ranks.
+    """
+    if not adapter.match_parameters or adapter.modules == "attention":
+        return adapter
+
+    def width(layer_ids, names):
+        return sum(sum(shapes[i][n]) for i in layer_ids for n in names if n in shapes[i])
+
+    every = range(len(shapes))
+    standard = adapter.standard_rank * width(every, list(attention) + list(mlp))
+    attn = adapter.attention_rank * width(layers, attention) if adapter.modules == "both" else 0
+    per_rank = width(layers, mlp)
+    if per_rank == 0:
+        return adapter
+    return adapter.replace(mlp_rank=max(adapter.mlp_rank, (standard - attn) // per_rank))
+
+
 def step_features(
     shapes: list[dict[str, list[int]]], layers: list[int], ranks: dict[str, int]
 ) -> dict[str, float]:
@@ -124,6 +149,10 @@ class CostModel:
                 tokens: int | None = None) -> float:
         """Seconds per micro-batch step with Aletheia adapters on ``layers``."""
         return self.predict_features(self.features(layers, adapter), tokens)
+
+    def matched(self, layers: list[int], adapter: AdapterConfig) -> AdapterConfig:
+        """The adapter ``layers`` train with: ``matched_adapter`` when ``match_parameters`` is on."""
+        return matched_adapter(self.shapes, self.attention, self.mlp, sorted(layers), adapter)
 
     def predict_standard(self, adapter: AdapterConfig | None = None, tokens: int | None = None) -> float:
         """Seconds per micro-batch step of standard LoRA (every layer, ``standard_rank``)."""
@@ -206,7 +235,7 @@ def calibration_key(model: nn.Module, batches: list[dict[str, torch.Tensor]], ad
         "config": {k: v for k, v in sorted(config.items()) if isinstance(v, (int, float, str, bool, list))},
         "dtype": str(p.dtype), "hardware": hardware_name(p.device),
         "batch": [int(batches[0]["input_ids"].shape[0]), int(32 * round(width / 32))],
-        "adapter": adapter.to_dict(),
+        "adapter": {k: v for k, v in adapter.to_dict().items() if k != "match_parameters"},  # not timed
     }
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

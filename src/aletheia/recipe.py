@@ -16,6 +16,7 @@ import torch
 from . import distributed
 from .architectures import get_architecture, num_layers, resolve_architecture, set_architecture
 from .config import RunConfig
+from .cost import matched_adapter, module_shapes
 from .data import (Example, eval_batches, load_examples, probe_batches, split_examples,
                    tokenize_examples)
 from .errors import AletheiaError
@@ -159,9 +160,16 @@ def run_training(
             selection = probe_and_select(cfg, ws, progress)
         if main:
             write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
-        lora_cfg = aletheia_lora_config(arch, selection.layers, cfg.adapter)
+        adapter = matched_adapter(module_shapes(ws.model, arch), arch.attention, arch.mlp, selection.layers,
+                                  cfg.adapter)
+        if adapter.mlp_rank != cfg.adapter.mlp_rank:
+            log(f"match_parameters: MLP rank {cfg.adapter.mlp_rank} -> {adapter.mlp_rank} on "
+                f"{len(selection.layers)} layers (standard LoRA's parameter count)")
+        lora_cfg = aletheia_lora_config(arch, selection.layers, adapter)
+        ranks = {"attention": adapter.attention_rank, "mlp": adapter.mlp_rank}
     else:
         lora_cfg = standard_lora_config(arch, layers_total, cfg.adapter)
+        ranks = {"attention": cfg.adapter.standard_rank, "mlp": cfg.adapter.standard_rank}
 
     # evaluate the base model (LoRA's B matrices start at zero, so this is the base model)
     if baseline is None:
@@ -197,6 +205,7 @@ def run_training(
         "steps": cfg.train.steps,
         **result.to_dict(),
         "trainable_params": n_trainable,
+        "ranks": ranks,
         "num_layers": layers_total,
         "base_params": base_params,
         "adapted_layers": adapted_layers,

@@ -214,11 +214,13 @@ def cost_aware(ctx: SelectionContext) -> Selection:
     adapter = getattr(ctx, "adapter", None) or AdapterConfig()
     result = _probe(ctx)
     model = calibrate(ctx.model, ctx.batches, adapter, rounds=cfg.calibration_rounds, progress=ctx.progress)
-    layers, info = choose_cost_aware(
-        result.scores, lambda s: model.predict(s, adapter), model.predict_standard(adapter),
+    layers, info = choose_cost_aware(  # each candidate set is timed with the ranks it would train with
+        result.scores, lambda s: model.predict(s, model.matched(s, adapter)), model.predict_standard(adapter),
         cfg.fraction, cfg.time_budget, cfg.tradeoff,
     )
-    info.update(time_budget=cfg.time_budget, tradeoff=cfg.tradeoff, cost_model_key=model.key,
+    chosen = model.matched(layers, adapter)
+    info.update(attention_rank=chosen.attention_rank, mlp_rank=chosen.mlp_rank,
+                match_parameters=adapter.match_parameters,time_budget=cfg.time_budget, tradeoff=cfg.tradeoff, cost_model_key=model.key,
                 cost_model=model.coefficients, cost_model_tokens=model.tokens, hardware=model.hardware)
     return Selection("cost-aware", result.scores, layers, cfg.fraction, result.seconds, probe=result,
                      details=info)
