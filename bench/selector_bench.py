@@ -49,6 +49,18 @@ def log(msg: str) -> None:
     print(f"[bench] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
+def source_hash() -> str:
+    """Fingerprint of the package and this script: a stored run is reused only if the code is the same."""
+    import hashlib
+
+    import aletheia
+
+    h = hashlib.sha1()
+    for path in sorted(Path(aletheia.__file__).parent.rglob("*.py")) + [Path(__file__)]:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def run_config(s: dict):
     from aletheia.config import RunConfig
 
@@ -330,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         data = None
     settings = {"data": data, "steps": a.steps, "batch_size": a.batch_size, "max_length": a.max_length,
                 "lr": a.lr, "fraction": a.fraction, "eval_examples": a.eval_examples, "seed": a.seed,
-                "threads": a.threads, "cpu": a.cpu}
+                "threads": a.threads, "cpu": a.cpu, "code": source_hash()}
     out_dir = Path(a.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = run_config(settings)

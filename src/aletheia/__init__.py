@@ -14,6 +14,7 @@ from .architectures import ARCHITECTURES, Architecture, get_architecture, get_bl
 from .config import AdapterConfig, DataConfig, ProbeConfig, RunConfig, TrainConfig
 from .data import load_examples, probe_batches, read_examples, tokenize_examples
 from .errors import AletheiaError, ConfigError
+from .lm_loss import causal_lm_loss
 from .lora import aletheia_lora_config, apply_lora, standard_lora_config, verify_adapters
 from .models import fetch_default_model, load_model_and_tokenizer
 from .probe import ProbeResult, run_probe
@@ -27,6 +28,7 @@ __all__ = [
     "AdapterConfig", "DataConfig", "ProbeConfig", "RunConfig", "TrainConfig",
     "load_examples", "probe_batches", "read_examples", "tokenize_examples",
     "AletheiaError", "ConfigError",
+    "causal_lm_loss",
     "aletheia_lora_config", "apply_lora", "standard_lora_config", "verify_adapters",
     "fetch_default_model", "load_model_and_tokenizer",
     "ProbeResult", "run_probe",
