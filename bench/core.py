@@ -35,10 +35,11 @@ from aletheia.selection import top_fraction
 from aletheia.utils import set_seed
 
 
-def timed_step(model, opt, batches, accum):
+def timed_step(model, opt, batches, accum, loss_fn=causal_lm_loss):
+    """One optimizer step of ``accum`` micro-batches: forward, backward, clip, AdamW, zero grads."""
     t0 = time.perf_counter()
     for _ in range(accum):
-        loss = causal_lm_loss(model, next(batches)) / accum
+        loss = loss_fn(model, next(batches)) / accum
         loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     opt.step()

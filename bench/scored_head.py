@@ -14,9 +14,9 @@ import argparse
 import itertools
 import json
 import statistics
-import time
 
 import torch
+from core import timed_step  # bench/core.py: the same timed step as the core benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from aletheia.architectures import get_architecture, num_layers
@@ -33,15 +33,6 @@ def hf_loss(model, batch):
 
 def ours(model, batch):
     return causal_lm_loss(model, batch)
-
-
-def step(model, opt, params, batch, loss_fn) -> float:
-    t0 = time.perf_counter()
-    loss_fn(model, batch).backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -84,7 +75,7 @@ def main() -> None:
     for i, batch in enumerate(batches):
         order = [("hf", hf_loss), ("ours", ours)]
         for name, fn in order if i % 2 else order[::-1]:
-            t = step(model, opt, params, batch, fn)
+            t = timed_step(model, opt, iter([batch]), 1, fn)
             if i:  # batch 0 warms up both
                 times[name].append(t)
     hf_s, ours_s = statistics.median(times["hf"]), statistics.median(times["ours"])
