@@ -127,3 +127,18 @@ def test_every_verb_has_help(capsys):
     for verb in ("fetch-model", "probe", "train", "compare", "bootstrap-data"):
         code, out, _ = run_cli([verb, "-h"], capsys)
         assert code == 0 and "Usage" in out
+
+
+def test_match_parameters_trains_the_selected_layers_at_standard_loras_parameter_count(tmp_path, tiny_model_dir,
+                                                                                        capsys):
+    out = tmp_path / "matched"
+    code, _, _ = run_cli(["compare", "--model", str(tiny_model_dir), "--steps", "1", "--match-parameters",
+                          "--output", str(out), *FAST], capsys)
+    assert code == 0
+    std = json.loads((out / "standard" / "summary.json").read_text())
+    ale = json.loads((out / "aletheia" / "summary.json").read_text())
+    assert ale["ranks"]["attention"] == 16 and ale["ranks"]["mlp"] > 32  # half the layers, larger MLP rank
+    assert std["trainable_params"] * 0.9 < ale["trainable_params"] <= std["trainable_params"]
+    found = found_adapters(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                                     out / "aletheia"), "layers")
+    assert {rank for (_, name), rank in found.items() if name == "down_proj"} == {ale["ranks"]["mlp"]}
