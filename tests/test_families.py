@@ -339,3 +339,12 @@ def test_head_on_scored_positions_gives_hf_loss_and_gradients(case):
     assert hf_grads.keys() == our_grads.keys() and hf_grads
     for name, grad in hf_grads.items():
         assert torch.allclose(our_grads[name], grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_a_head_reached_outside_its_module_still_gets_the_hf_loss():
+    """The fallback: no output-embedding module to gather at, so the full logits are indexed instead."""
+    model = build("LlamaConfig", KV).eval()
+    batch = next(train_batches(token_items(3, seed=7), 3, seed=0, pad_id=2))
+    hf_loss = model(**batch).loss
+    model.get_output_embeddings = lambda: None
+    assert torch.allclose(causal_lm_loss(model, batch), hf_loss, atol=1e-6)

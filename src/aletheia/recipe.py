@@ -160,11 +160,13 @@ def run_training(
             selection = probe_and_select(cfg, ws, progress)
         if main:
             write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
-        adapter = matched_adapter(module_shapes(ws.model, arch), arch.attention, arch.mlp, selection.layers,
-                                  cfg.adapter)
-        if adapter.mlp_rank != cfg.adapter.mlp_rank:
+        adapter = cfg.adapter
+        if adapter.match_parameters:  # say what it did, also when it could not raise the rank
+            adapter = matched_adapter(module_shapes(ws.model, arch), arch.attention, arch.mlp, selection.layers,
+                                      cfg.adapter)
             log(f"match_parameters: MLP rank {cfg.adapter.mlp_rank} -> {adapter.mlp_rank} on "
-                f"{len(selection.layers)} layers (standard LoRA's parameter count)")
+                f"{len(selection.layers)} layers (at most standard LoRA's parameter count; fused MoE "
+                "experts are not counted)")
         lora_cfg = aletheia_lora_config(arch, selection.layers, adapter)
         ranks = {"attention": adapter.attention_rank, "mlp": adapter.mlp_rank}
     else:
