@@ -55,12 +55,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="the runs' precision, as aletheia --dtype (auto: fp32 on a CPU)")
     ap.add_argument("--output", default=None, help="write the results as JSON here")
     a = ap.parse_args()
 
     settings = {"data": a.data, "steps": a.steps, "batch_size": a.batch_size, "max_length": a.max_length,
                 "lr": a.lr, "fraction": 0.5, "eval_examples": 64, "seed": a.seed, "threads": a.threads,
-                "cpu": True}
+                "cpu": True, "dtype": a.dtype}
     base = {"kind": "ours", "steps": a.steps, "settings": settings}
     ranks = [int(x) for x in a.ranks.split("/")] if a.ranks else None
     runs = {}

@@ -74,6 +74,7 @@ def run_config(s: dict):
     cfg.train.grad_accum = 1  # HF Trainer normalises accumulated losses differently; one micro-batch per step
     cfg.train.warmup_steps = max(1, s["steps"] // 10)
     cfg.train.lr = s["lr"]
+    cfg.train.dtype = s.get("dtype", "auto")
     cfg.probe.batch_size = s["batch_size"]
     cfg.probe.fraction = s["fraction"]
     cfg.eval_accuracy_examples = 0
@@ -97,6 +98,16 @@ def _status_kb(field: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def release_freed_memory() -> None:
+    """glibc: hand freed heap back to the kernel (loading keeps some), so the resident set is what is live."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def reset_peak_rss() -> bool:
@@ -149,6 +160,7 @@ def worker(spec: dict) -> dict:
     out = {"name": spec["name"], "kind": spec["kind"], "layers": layers, "steps": spec["steps"],
            "backward_floor": backward_floor(model, first), "trainable_params": out_params}
     gc.collect()
+    release_freed_memory()
     out["peak_reset"] = reset_peak_rss()
     out["rss_before_train_bytes"] = (_status_kb("VmRSS") or 0) * 1024
     set_seed(cfg.seed)
@@ -173,6 +185,7 @@ def worker(spec: dict) -> dict:
 
 def hf_trainer(model, ws, cfg) -> tuple[list[float], float]:
     """The same run through HF ``Trainer``: our batches in our order, AdamW, warmup + cosine, clipping."""
+    import torch
     from torch.utils.data import Dataset
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -207,6 +220,7 @@ def hf_trainer(model, ws, cfg) -> tuple[list[float], float]:
             eval_strategy="no", report_to=[], use_cpu=ws.device.type == "cpu", dataloader_num_workers=0,
             dataloader_pin_memory=False, train_sampling_strategy="sequential", seed=cfg.seed,
             disable_tqdm=True, remove_unused_columns=False,
+            bf16=ws.dtype == torch.bfloat16, fp16=ws.dtype == torch.float16,  # autocast, as our loop does
         )
         trainer = Trainer(model=model, args=args, train_dataset=Batches(), data_collator=lambda xs: xs[0],
                           callbacks=[StepClock()])
@@ -286,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hf-steps", type=int, default=30, help="steps of the paired ours-vs-Trainer run")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="the runs' precision (auto: fp32 on a CPU, bf16 on a recent GPU), as aletheia --dtype")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     ap.add_argument("--parallel", type=int, default=1, help="training subprocesses at once (timing is interleaved anyway)")
     ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same settings in OUTPUT/runs")
@@ -342,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         data = None
     settings = {"data": data, "steps": a.steps, "batch_size": a.batch_size, "max_length": a.max_length,
                 "lr": a.lr, "fraction": a.fraction, "eval_examples": a.eval_examples, "seed": a.seed,
-                "threads": a.threads, "cpu": a.cpu, "code": source_hash()}
+                "threads": a.threads, "cpu": a.cpu, "dtype": a.dtype, "code": source_hash()}
     out_dir = Path(a.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = run_config(settings)
@@ -494,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
 
     report = {"settings": settings, "model": ws.model_path, "num_layers": n, "hardware": cost.hardware,
               "torch_threads": torch.get_num_threads(), "versions": package_versions(), "base_eval_loss": base_loss,
+              "dtype": str(ws.dtype).replace("torch.", ""),
               "cost_model": {"coefficients": cost.coefficients, "tokens": cost.tokens, "points": cost.points},
               "rows": list(rows.values()), "loop_vs_trainer": loop,
               "command": "python bench/selector_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)}
@@ -645,7 +662,8 @@ def write_tables(report: dict, out_dir: Path) -> str:
         f"time ratio ours/Trainer = {loop['ratio']:.3f}.",
         "",
         f"Settings: {s['steps']} steps, batch {s['batch_size']}, max length {s['max_length']}, lr {s['lr']}, "
-        f"data {s['data'] or 'bootstrap'}, seed {s['seed']}, {report['hardware']}. Base model held-out "
+        f"precision {report.get('dtype', 'float32')}, data {s['data'] or 'bootstrap'}, seed {s['seed']}, "
+        f"{report['hardware']}. Base model held-out "
         f"loss {report['base_eval_loss']:.4f}. Peak memory: peak resident set of each run's own process "
         "during training (kernel high-water mark reset just before train_lora).",
     ]

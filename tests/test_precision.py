@@ -129,3 +129,33 @@ def test_weights_without_gradients_are_scored_from_activations(monkeypatch, mode
                         lambda block: [m for m in block.modules() if isinstance(m, torch.nn.Linear)])
     rebuilt = run_probe(tiny_llama(num_layers=4), batches, mode, chunk_size=3, progress=False)
     assert rebuilt.scores == pytest.approx(usual.scores, rel=1e-6)
+
+
+def autocast_seen(model) -> list[bool]:
+    """Whether autocast was on each time the first block's attention ran."""
+    seen = []
+    get_blocks(model)[0].self_attn.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_probe_cost_timing_and_heldout_loss_compute_in_the_runs_precision(dtype):
+    """A bf16 run trains under autocast; the probe, the cost model's timed steps and the held-out
+    loss must compute the same way, or they measure a different step than the one trained."""
+    from aletheia.cost import time_adapter_steps
+    from aletheia.evaluation.loss import heldout_loss
+    from aletheia.lora import standard_lora_config
+
+    half = dtype != torch.float32
+    batches = [as_batch(token_items(2, seed=s)) for s in (1, 2)]
+    model = tiny_llama(num_layers=4).to(dtype)
+    seen = autocast_seen(model)
+    run_probe(model, batches, progress=False)
+    time_adapter_steps(model, {"std": standard_lora_config(get_architecture(model), 4)}, batches, rounds=1)
+    assert seen and all(on == half for on in seen)
+    seen.clear()
+    model = adapted(dtype)  # fp32 adapters on a base model in the run's precision
+    seen = autocast_seen(model)
+    heldout_loss(model, batches)
+    train_lora(model, token_items(4), STEPS, seed=0, pad_id=2, dtype=dtype, progress=False)
+    assert len(seen) == len(batches) + STEPS.steps and all(on == half for on in seen)

@@ -43,9 +43,9 @@ from .config import AdapterConfig
 from .errors import AletheiaError
 from .lm_loss import causal_lm_loss
 from .lora import aletheia_lora_config, standard_lora_config
-from .utils import atomic_write_text
+from .utils import atomic_write_text, weights_dtype, mixed_precision
 
-COST_MODEL_VERSION = 3
+COST_MODEL_VERSION = 4
 FEATURES = ("intercept", "per_block", "per_module", "per_mparam")
 
 
@@ -270,7 +270,8 @@ def _time_step(model, params, optimizer, batch, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    loss = causal_lm_loss(model, batch)
+    with mixed_precision(weights_dtype(model), device):
+        loss = causal_lm_loss(model, batch)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()

@@ -42,6 +42,7 @@ from . import distributed
 from .architectures import _base_model, get_blocks
 from .errors import AletheiaError
 from .lm_loss import causal_lm_loss
+from .utils import weights_dtype, mixed_precision
 
 
 @dataclass
@@ -111,7 +112,8 @@ def _hook_linears(model: nn.Module, layers, add) -> list:
 
 def _loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     batch = {k: v.to(device) for k, v in batch.items()}
-    loss = causal_lm_loss(model, batch)
+    with mixed_precision(weights_dtype(model), device):
+        loss = causal_lm_loss(model, batch)
     if not torch.isfinite(loss):
         raise AletheiaError(f"the probe loss is not finite ({loss.item()}); try --dtype float32")
     return loss

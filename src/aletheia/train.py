@@ -31,6 +31,7 @@ from . import distributed
 from .config import TrainConfig
 from .data import train_batches
 from .lm_loss import causal_lm_loss
+from .utils import mixed_precision
 
 
 @dataclass
@@ -108,9 +109,8 @@ def train_lora(
         params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)
-    use_amp = dtype in (torch.float16, torch.bfloat16) and device.type in ("cuda", "cpu")
-    autocast = torch.autocast(device.type, dtype=dtype) if use_amp else nullcontext()
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and dtype == torch.float16)
+    autocast = mixed_precision(dtype, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type in ("cuda", "cpu"))
     batches = train_batches(items, cfg.batch_size, seed, pad_id)
     # data parallel: this process takes micro-batches i with i % N == rank of every step
     distributed.check_grad_accum(cfg.grad_accum)

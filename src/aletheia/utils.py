@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,26 @@ def resolve_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def weights_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The precision most floating-point weights are in: the base model's (its adapters stay fp32)."""
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+def mixed_precision(dtype: torch.dtype, device: torch.device) -> AbstractContextManager:
+    """Autocast for a bf16/fp16 base model, so its fp32 adapters compute in that precision too.
+
+    Training, the probe, the cost model's timed steps and the evaluations all enter it, so a step is
+    the same computation everywhere it is measured.
+    """
+    if dtype in (torch.bfloat16, torch.float16) and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=dtype)
+    return nullcontext()
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

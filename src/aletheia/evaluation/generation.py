@@ -12,6 +12,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..utils import mixed_precision, weights_dtype
+
 
 class StopOnStrings(StoppingCriteria):
     """Per-row stop: a row is done once its new text contains any stop string."""
@@ -64,12 +66,13 @@ def generate_greedy(
         for r, i in enumerate(rows):
             ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[r, width - len(encoded[i]):] = 1
-        gen = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, use_cache=True, pad_token_id=pad, eos_token_id=sorted(eos_ids) or None,
-            stopping_criteria=StoppingCriteriaList([StopOnStrings(tokenizer, width, stops)]) if stops else None,
-            temperature=None, top_p=None, top_k=None,
-        )
+        with mixed_precision(weights_dtype(model), device):
+            gen = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                do_sample=False, use_cache=True, pad_token_id=pad, eos_token_id=sorted(eos_ids) or None,
+                stopping_criteria=StoppingCriteriaList([StopOnStrings(tokenizer, width, stops)]) if stops else None,
+                temperature=None, top_p=None, top_k=None,
+            )
         for r, i in enumerate(rows):
             new = _strip_eos(gen[r, width:].tolist(), eos_ids)
             prompt_text = tokenizer.decode(encoded[i], skip_special_tokens=False)

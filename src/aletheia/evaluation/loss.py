@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data import Example, prompt_text
 from ..lm_loss import scored_logits
+from ..utils import weights_dtype, mixed_precision
 
 
 @torch.no_grad()
@@ -20,8 +21,10 @@ def heldout_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], progr
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
+    precision = mixed_precision(weights_dtype(model), device)  # the precision training computed in
     for batch in tqdm(batches, desc="held-out loss", disable=not progress, leave=False):
-        logits, targets, _ = scored_logits(model, {k: v.to(device) for k, v in batch.items()})
+        with precision:
+            logits, targets, _ = scored_logits(model, {k: v.to(device) for k, v in batch.items()})
         total += F.cross_entropy(logits.float(), targets, reduction="sum").item()
         count += targets.numel()
     model.train(was_training)
@@ -54,10 +57,11 @@ def exact_match_accuracy(
             chunk = examples[start:start + batch_size]
             prompts = [prompt_text(tokenizer, e) for e in chunk]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
+            with mixed_precision(weights_dtype(model), device):
+                out = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                )
             for e, row in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
                 answer = tokenizer.decode(row, skip_special_tokens=True)
                 ok = normalize_answer(answer) == normalize_answer(e.answer or "")

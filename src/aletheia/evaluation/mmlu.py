@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import AletheiaError
+from ..utils import mixed_precision, weights_dtype
 from .sources import LETTERS, MMLUData, load_mmlu
 
 
@@ -190,19 +191,21 @@ def evaluate_mmlu(model, tokenizer, cfg, progress: bool = True) -> dict[str, Any
     data, questions, shots = prepare_mmlu(cfg)
     items = select_items(data, questions)
     records, correct, prefix = [], 0, None
-    for item in tqdm(items, desc="MMLU", disable=not progress, leave=False):
-        examples = data.dev.get(item["subject"], [])[:shots]
-        prompt = build_prompt(item, examples)
-        head = prompt[: len(prompt) - len(format_question(item))].rstrip()  # whitespace may merge ahead
-        if shots and (prefix is None or prefix.text != head):
-            prefix = PrefixCache(model, tokenizer(head)["input_ids"])
-            prefix.text = head
-        ll = choice_loglikelihoods(model, tokenizer, prompt, [f" {L}" for L in LETTERS], prefix)
-        pred = max(range(4), key=lambda i: ll[i])
-        correct += pred == item["answer"]
-        records.append({"subject": item["subject"], "index": item["index"], "answer": LETTERS[item["answer"]],
-                        "prediction": LETTERS[pred], "correct": pred == item["answer"],
-                        "loglikelihoods": [round(x, 4) for x in ll]})
+    # no_grad: the prefix cache must not hold a graph; autocast: the precision training computed in
+    with torch.no_grad(), mixed_precision(weights_dtype(model), next(model.parameters()).device):
+        for item in tqdm(items, desc="MMLU", disable=not progress, leave=False):
+            examples = data.dev.get(item["subject"], [])[:shots]
+            prompt = build_prompt(item, examples)
+            head = prompt[: len(prompt) - len(format_question(item))].rstrip()  # whitespace may merge ahead
+            if shots and (prefix is None or prefix.text != head):
+                prefix = PrefixCache(model, tokenizer(head)["input_ids"])
+                prefix.text = head
+            ll = choice_loglikelihoods(model, tokenizer, prompt, [f" {L}" for L in LETTERS], prefix)
+            pred = max(range(4), key=lambda i: ll[i])
+            correct += pred == item["answer"]
+            records.append({"subject": item["subject"], "index": item["index"], "answer": LETTERS[item["answer"]],
+                            "prediction": LETTERS[pred], "correct": pred == item["answer"],
+                            "loglikelihoods": [round(x, 4) for x in ll]})
     return {
         "accuracy": correct / len(items) if items else None, "n": len(items), "correct": correct,
         "backend": "native", "source": data.source, "shots": shots,
