@@ -1,5 +1,7 @@
 """Configs: a lossless YAML round trip, every problem reported at once, unknown keys refused."""
 
+from pathlib import Path
+
 import pytest
 
 from aletheia.config import RunConfig, TrainConfig
@@ -13,6 +15,16 @@ def test_yaml_round_trip_is_lossless(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(cfg.to_yaml())
     assert RunConfig.from_yaml(path) == cfg
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "cost-aware-bf16.yaml"])
+def test_shipped_run_configs_load_validate_and_round_trip(name, tmp_path):
+    cfg = RunConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / name).validate()
+    (tmp_path / name).write_text(cfg.to_yaml())
+    assert RunConfig.from_yaml(tmp_path / name) == cfg
+    if name.startswith("cost-aware"):  # the benchmark's setting, as its comment says
+        assert (cfg.probe.selector, cfg.probe.time_budget, cfg.adapter.match_parameters, cfg.train.dtype) == \
+            ("cost-aware", 0.6, True, "bfloat16")
 
 
 def test_all_problems_are_reported_together():
