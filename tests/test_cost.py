@@ -86,7 +86,10 @@ def test_calibration_fits_timed_steps_leaves_the_model_unchanged_and_is_cached(t
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     names = {pt["name"] for pt in cost.points}
-    assert {"standard", "top-1", "bottom-1", "even", "upper-half", "all"} <= names
+    assert {"standard", "top-1", "bottom-1", "even", "upper-half", "upper-half-wide", "all"} <= names
+    point = {pt["name"]: pt for pt in cost.points}  # the wide set differs from upper-half in rank alone
+    wide, upper = point["upper-half-wide"]["features"], point["upper-half"]["features"]
+    assert wide["per_mparam"] > 2 * upper["per_mparam"] and wide["per_module"] == upper["per_module"]
     assert all(len(pt["all_seconds"]) == 2 and pt["seconds"] > 0 for pt in cost.points)
     assert all(v >= 0 for v in cost.coefficients.values())
     assert cost.predict_standard(adapter) > 0

@@ -45,7 +45,7 @@ from .lm_loss import causal_lm_loss
 from .lora import aletheia_lora_config, standard_lora_config
 from .utils import atomic_write_text, weights_dtype, mixed_precision
 
-COST_MODEL_VERSION = 4
+COST_MODEL_VERSION = 5
 FEATURES = ("intercept", "per_block", "per_module", "per_mparam")
 
 
@@ -365,20 +365,24 @@ def calibrate(
     n = len(get_blocks(model, arch))
     shapes = module_shapes(model, arch)
     device = next(model.parameters()).device
-    configs = {"standard": (standard_lora_config(arch, n, adapter), list(range(n)), True)}
+    configs = {"standard": (standard_lora_config(arch, n, adapter), list(range(n)), True, adapter)}
     for name, layers in calibration_layer_sets(n).items():
-        configs[name] = (aletheia_lora_config(arch, layers, adapter), layers, False)
+        configs[name] = (aletheia_lora_config(arch, layers, adapter), layers, False, adapter)
+    # The rank-dependent cost is small next to the timing noise between the sets above, so one set
+    # also trains at three times the rank (the MLP's; --match-parameters raises it about that far).
+    upper = calibration_layer_sets(n)["upper-half"]
+    wide = adapter.replace(attention_rank=3 * adapter.attention_rank) if adapter.modules == "attention" \
+        else adapter.replace(mlp_rank=3 * adapter.mlp_rank)
+    configs["upper-half-wide"] = (aletheia_lora_config(arch, upper, wide), upper, False, wide)
 
     times, tokens = time_adapter_steps(model, {name: c[0] for name, c in configs.items()}, batches,
                                        rounds, warmup, progress)
-    ranks_std = adapter_ranks(arch, adapter, True)
-    ranks_al = adapter_ranks(arch, adapter, False)
-    features = {name: step_features(shapes, layers, ranks_std if standard else ranks_al)
-                for name, (_, layers, standard) in configs.items()}
+    features = {name: step_features(shapes, layers, adapter_ranks(arch, a, standard))
+                for name, (_, layers, standard, a) in configs.items()}
     coef, ref_tokens, scaled = fit_timed(features, times, tokens)
     points = [{"name": name, "layers": layers, "standard": standard, "features": features[name],
                "seconds": statistics.median(scaled[name]), "all_seconds": scaled[name]}
-              for name, (_, layers, standard) in configs.items()]
+              for name, (_, layers, standard, _) in configs.items()]
     result = CostModel(n, coef, ref_tokens, shapes, list(arch.attention), list(arch.mlp), key,
                        hardware_name(device), points)
     for pt in points:
