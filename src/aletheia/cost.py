@@ -43,7 +43,7 @@ from .config import AdapterConfig
 from .errors import AletheiaError
 from .lm_loss import causal_lm_loss
 from .lora import aletheia_lora_config, standard_lora_config
-from .utils import atomic_write_text, weights_dtype, mixed_precision
+from .utils import atomic_write_text, mixed_precision, weights_dtype
 
 COST_MODEL_VERSION = 5
 FEATURES = ("intercept", "per_block", "per_module", "per_mparam")
@@ -265,12 +265,13 @@ def calibration_layer_sets(num_layers: int) -> dict[str, list[int]]:
     return {name: layers for name, layers in sets.items() if layers}
 
 
-def _time_step(model, params, optimizer, batch, device) -> float:
-    """One step exactly as ``train_lora`` takes it: forward, backward, clip, AdamW, zero grads."""
+def _time_step(model, params, optimizer, batch, device, precision) -> float:
+    """One step exactly as ``train_lora`` takes it: forward (under ``precision``), backward, clip,
+    AdamW, zero grads."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    with mixed_precision(weights_dtype(model), device):
+    with precision:
         loss = causal_lm_loss(model, batch)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -299,6 +300,7 @@ def time_adapter_steps(
     from peft import get_peft_model
 
     device = next(model.parameters()).device
+    precision = mixed_precision(weights_dtype(model), device)  # as train_lora computes
     flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
     names = list(configs)
@@ -319,7 +321,7 @@ def time_adapter_steps(
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
                 peft_model.set_adapter(name)
-                seconds = _time_step(peft_model, *optim[name], batch, device)
+                seconds = _time_step(peft_model, *optim[name], batch, device, precision)
                 if r >= warmup:
                     times[name].append(seconds)
                     tokens[name].append(_padded_tokens(batch))

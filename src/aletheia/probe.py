@@ -42,7 +42,7 @@ from . import distributed
 from .architectures import _base_model, get_blocks
 from .errors import AletheiaError
 from .lm_loss import causal_lm_loss
-from .utils import weights_dtype, mixed_precision
+from .utils import mixed_precision, weights_dtype
 
 
 @dataclass

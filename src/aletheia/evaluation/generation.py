@@ -49,6 +49,7 @@ def generate_greedy(
 ) -> list[str]:
     """Greedy completions of ``prompts`` (same order), each cut at its first stop string."""
     device = next(model.parameters()).device
+    precision = mixed_precision(weights_dtype(model), device)  # the precision training computed in
     eos = tokenizer.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -66,7 +67,7 @@ def generate_greedy(
         for r, i in enumerate(rows):
             ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[r, width - len(encoded[i]):] = 1
-        with mixed_precision(weights_dtype(model), device):
+        with precision:
             gen = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                 do_sample=False, use_cache=True, pad_token_id=pad, eos_token_id=sorted(eos_ids) or None,

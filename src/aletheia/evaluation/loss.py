@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data import Example, prompt_text
 from ..lm_loss import scored_logits
-from ..utils import weights_dtype, mixed_precision
+from ..utils import mixed_precision, weights_dtype
 
 
 @torch.no_grad()
@@ -49,6 +49,7 @@ def exact_match_accuracy(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    precision = mixed_precision(weights_dtype(model), device)  # the precision training computed in
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # batched generation continues from the right edge
     correct, samples = 0, []
@@ -57,7 +58,7 @@ def exact_match_accuracy(
             chunk = examples[start:start + batch_size]
             prompts = [prompt_text(tokenizer, e) for e in chunk]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with mixed_precision(weights_dtype(model), device):
+            with precision:
                 out = model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
