@@ -7,9 +7,11 @@ run can measure held-out exact-match accuracy as well as loss. Same seed, same r
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
+from .outputs import check_file_output
 from .utils import write_json
 
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kofi", "Lena"]
@@ -99,8 +101,19 @@ def generate_bootstrap(n: int = 600, seed: int = 0) -> list[dict]:
     return records
 
 
-def write_bootstrap(path: str | Path, n: int = 600, seed: int = 0) -> Path:
-    """Write the bootstrap set as an Alpaca JSON file and return its path."""
+def write_bootstrap(path: str | Path, n: int = 600, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write the bootstrap set as an Alpaca JSON file and return its path.
+
+    An existing file is replaced only when told to, or when it already holds exactly this set."""
     path = Path(path)
-    write_json(path, generate_bootstrap(n, seed))
+    records = generate_bootstrap(n, seed)
+
+    def same_set(p: Path) -> bool:
+        try:
+            return json.loads(p.read_text()) == records
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+
+    check_file_output(path, same_set, overwrite)
+    write_json(path, records)
     return path

@@ -6,10 +6,13 @@ User errors print one line and exit 2; anything else is a bug and keeps its trac
 
 from __future__ import annotations
 
+import errno
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 
 from .config import RunConfig
@@ -128,13 +131,14 @@ def bootstrap_data(
     output: Path = typer.Option(Path("bootstrap.json"), "--output", "-o", help="Alpaca JSON file to write."),
     size: int = typer.Option(600, help="Number of records."),
     seed: int = typer.Option(0, help="Generator seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing, different file."),
 ) -> None:
     """Write the generated bootstrap instruction set (Alpaca format, exact answers)."""
     from .bootstrap import write_bootstrap
 
     if size < 1:
         raise AletheiaError(f"--size {size} must be at least 1")
-    print(write_bootstrap(output, size, seed))
+    print(write_bootstrap(output, size, seed, overwrite=overwrite))
 
 
 @app.command()
@@ -150,6 +154,7 @@ def probe(
     quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
     gradient_checkpointing: Optional[bool] = CheckpointingOpt, blocks_path: Optional[str] = BlocksPathOpt,
     attention_modules: Optional[str] = AttentionModulesOpt, mlp_modules: Optional[str] = MlpModulesOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Gradient probe and layer selection; writes probe.json and probe_scores.png."""
     from .recipe import run_probe_only
@@ -160,7 +165,7 @@ def probe(
                        selector=selector, probe_mode=probe_mode, dtype=dtype, quantize=quantize,
                        device_map=device_map, gradient_checkpointing=gradient_checkpointing,
                        blocks_path=blocks_path, attention_modules=attention_modules, mlp_modules=mlp_modules)
-    sel = run_probe_only(cfg, progress=not quiet, device=device)
+    sel = run_probe_only(cfg, progress=not quiet, device=device, overwrite=overwrite)
     ranked = ", ".join(f"{i}:{sel.normalized[i]:.3f}" for i in sel.ranking)
     print(f"selected layers: {sel.layers}\nranking (layer:share): {ranked}\nwrote {Path(cfg.output) / 'probe.json'}")
 
@@ -284,6 +289,7 @@ def eval_cmd(
     eval_config: Optional[Path] = EvalConfigOpt,
     output: Path = typer.Option(Path("eval.json"), "--output", "-o", help="Result file."),
     device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file that is not an eval result."),
 ) -> None:
     """Benchmarks (MMLU-200, GSM8K-200, HumanEval-164, held-out loss) for a model and its adapter."""
     from .evaluation.run import run_eval
@@ -294,7 +300,8 @@ def eval_cmd(
                             mmlu_questions=mmlu_questions, gsm8k_n=gsm8k_n, gsm8k_format=gsm8k_format,
                             humaneval_n=humaneval_n, gsm8k_max_new_tokens=max_new_tokens,
                             humaneval_max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    run_eval(model, adapter, cfg, output, progress=not quiet, device=device, data_given=data is not None)
+    run_eval(model, adapter, cfg, output, progress=not quiet, device=device, data_given=data is not None,
+             overwrite=overwrite)
 
 
 campaign_app = typer.Typer(no_args_is_help=True, help="Paired multi-seed campaigns: models × seeds × recipes.")
@@ -390,16 +397,61 @@ def _quiet_libraries() -> None:
         pass
 
 
+# Failures of the machine a user can meet and fix: one line, not a traceback.
+USER_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
+
+
+_SIGNALS_SEEN: list[str] = []
+
+
+def _interrupt(signum, frame) -> None:
+    from .runs import RunInterrupted
+
+    _SIGNALS_SEEN.append(signal.Signals(signum).name)
+    raise RunInterrupted(_SIGNALS_SEEN[-1])
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"aletheia: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from .runs.folder import last_abandoned
+
     _quiet_libraries()
+    _SIGNALS_SEEN.clear()
+    held = (signal.SIGINT, signal.SIGTERM)  # Slurm warns with SIGTERM before a preemption
+    previous = {s: signal.signal(s, _interrupt) for s in held}
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.format_message())
+        code = 2
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "aletheia"
+        _fail(f"{exc.format_message().rstrip('.')} (see '{where} -h')", exc.exit_code)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
     except AletheiaError as exc:
-        print(f"aletheia: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("aletheia: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail(str(exc))
+    except OSError as exc:
+        if exc.errno not in USER_ERRNOS:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        _fail(f"{USER_ERRNOS[exc.errno]}{where}; free space or choose another --output and rerun "
+              "(finished results are kept)")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if code == 130:  # typer turns the interrupt into exit code 130: say what stopped and what was kept
+        kept = last_abandoned()
+        _fail(f"interrupted ({_SIGNALS_SEEN[-1] if _SIGNALS_SEEN else 'SIGINT'})"
+              + (f"; nothing finished was replaced, the unfinished run is kept in {kept} (rerun with "
+                 "--overwrite to start again)" if kept else ""), 130)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from pathlib import Path
 from . import distributed
 from .config import RunConfig
 from .plots import plot_probe_scores
-from .recipe import check_output, evaluate, log, prepare, probe_and_select, run_training
+from .recipe import evaluate, log, prepare, probe_and_select, run_training
+from .runs import RunFolder
 from .selection import write_probe_json
 from .utils import atomic_write_text, write_json
 
@@ -56,17 +57,26 @@ def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None
                 eval_cfg=None) -> dict:
     """``eval_cfg`` (an ``EvalConfig``): also benchmark base, standard and Aletheia (forgetting table)."""
     cfg.validate()
-    out = Path(cfg.output)
-    check_output(out, overwrite)
+    main = distributed.is_main_process()  # under torchrun / accelerate launch only process 0 writes
+    folder = RunFolder(cfg.output, overwrite, kind="compare", active=main)
+    with folder as staging:  # both runs are staged; the folder is swapped in only when all is done
+        comparison = _compare_into(staging, cfg, progress, device, eval_cfg, main)
+        folder.commit()
+    table, forgetting = comparison.pop("table"), comparison.pop("forgetting_table", None)
+    if main:
+        out = Path(cfg.output)
+        print(table + (f"\n\n{forgetting}" if forgetting else ""))
+        print(f"\nrun folders: {out / 'standard'}  {out / 'aletheia'}   summary: {out / 'comparison.md'}")
+    return comparison
 
+
+def _compare_into(out: Path, cfg: RunConfig, progress: bool, device: str | None, eval_cfg, main: bool) -> dict:
     # probe once on the base model and measure it before any training
     ws = prepare(cfg, device)
     selection = probe_and_select(cfg, ws, progress)
     log("evaluating the base model")
     baseline = evaluate(cfg, ws, ws.model, progress)
-    main = distributed.is_main_process()  # under torchrun / accelerate launch only process 0 writes
     if main:
-        out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
         write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
         plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
@@ -74,9 +84,9 @@ def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None
 
     # the paired runs: same seed, data, split and steps
     std = run_training(cfg.replace(method="standard", output=str(out / "standard")),
-                       progress=progress, device=device, overwrite=overwrite, baseline=baseline)
+                       progress=progress, device=device, baseline=baseline)
     ale = run_training(cfg.replace(method="aletheia", output=str(out / "aletheia")), selection=selection,
-                       progress=progress, device=device, overwrite=overwrite, baseline=baseline)
+                       progress=progress, device=device, baseline=baseline)
 
     speedup = std["train_seconds"] / ale["train_seconds"] if ale["train_seconds"] else None
     comparison = {
@@ -85,26 +95,22 @@ def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None
         "probe_seconds": selection.seconds, "speedup": speedup,
         "standard": std, "aletheia": ale,
     }
-    table = comparison_table(std, ale)
+    comparison["table"] = comparison_table(std, ale)
     md = (f"# Aletheia vs standard LoRA\n\nModel `{std['model_path']}`, seed {cfg.seed}, "
           f"{cfg.train.steps} steps, probe {selection.seconds:.1f}s, selected layers "
           f"{selection.layers} of {selection.num_layers}.\n\n"
           + comparison_table(std, ale, markdown=True)
           + "\n\n![probe scores](probe_scores.png)\n")
-    forgetting_text = None
     if not main:
         return comparison
     if eval_cfg is not None:
         from .evaluation.run import evaluate_compare
 
-        ev = evaluate_compare(cfg, out, eval_cfg, progress, device)
+        ev = evaluate_compare(cfg, out, eval_cfg, progress, device, final=Path(cfg.output))
         comparison["forgetting"] = ev["forgetting"]
-        forgetting_text = ev["table"]
+        comparison["forgetting_table"] = ev["table"]
         md += "\n## Forgetting (benchmarks, base vs fine-tuned)\n\n" + ev["markdown"] + "\n"
-    write_json(out / "comparison.json", comparison)
+    write_json(out / "comparison.json", {k: v for k, v in comparison.items()
+                                          if k not in ("table", "forgetting_table")})
     atomic_write_text(out / "comparison.md", md)
-    print(table)
-    if forgetting_text:
-        print("\n" + forgetting_text)
-    print(f"\nrun folders: {out / 'standard'}  {out / 'aletheia'}   summary: {out / 'comparison.md'}")
     return comparison

@@ -5,7 +5,6 @@ Each reads top to bottom as the algorithm: load → probe → select → train �
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from .errors import AletheiaError
 from .evaluation.loss import exact_match_accuracy, heldout_loss
 from .lora import aletheia_lora_config, apply_lora, found_adapters, standard_lora_config, trainable_parameters
 from .models import check_quantize, load_model_and_tokenizer
+from .runs import RunFolder
 from .selection import Selection, SelectionContext, select_layers, write_probe_json
 from .train import train_lora
 from .utils import (atomic_write_text, git_revision, package_versions, resolve_device, resolve_dtype,
@@ -100,28 +100,21 @@ def evaluate(cfg: RunConfig, ws: Workspace, model, progress: bool = True) -> dic
     return out
 
 
-def check_output(path: Path, overwrite: bool) -> None:
-    """Refuse to write over a finished run unless asked: results are never overwritten by accident."""
-    if (path / "summary.json").exists() or (path / "comparison.json").exists():
-        if not overwrite:
-            raise AletheiaError(f"{path} already holds a finished run; pass --overwrite or choose another --output")
-        shutil.rmtree(path)
-
-
-def run_probe_only(cfg: RunConfig, progress: bool = True, device: str | None = None) -> Selection:
+def run_probe_only(cfg: RunConfig, progress: bool = True, device: str | None = None,
+                   overwrite: bool = False) -> Selection:
     """``aletheia probe``: scores and selection, written to ``OUTPUT/probe.json`` and a PNG."""
     from .plots import plot_probe_scores
 
     cfg.validate()
-    out = Path(cfg.output)
-    ws = prepare(cfg, device)
-    selection = probe_and_select(cfg, ws, progress)
-    if not distributed.is_main_process():
-        return selection
-    out.mkdir(parents=True, exist_ok=True)
-    write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
-    plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
-    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    folder = RunFolder(cfg.output, overwrite, kind="probe", active=distributed.is_main_process())
+    with folder as out:
+        ws = prepare(cfg, device)
+        selection = probe_and_select(cfg, ws, progress)
+        if folder.active:
+            write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
+            plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
+            atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        folder.commit()
     return selection
 
 
@@ -139,16 +132,21 @@ def run_training(
     ``baseline``: reuse the base model's held-out metrics instead of recomputing them.
     """
     cfg.validate()
-    out = Path(cfg.output)
     main = distributed.is_main_process()  # under a data-parallel launch only process 0 writes files
-    if main:
-        check_output(out, overwrite)
+    folder = RunFolder(cfg.output, overwrite, kind=cfg.method, active=main)
+    with folder as out:  # staged in OUTPUT/.partial until complete: nothing finished is ever lost
+        summary = _train_into(out, cfg, selection, progress, device, baseline, main)
+        folder.commit(summary["status"])
+    distributed.barrier()  # the run folder is complete when any process returns
+    return summary
 
-    # load (before creating the run folder, so bad input leaves nothing behind)
+
+def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress: bool, device: str | None,
+                baseline: dict | None, main: bool) -> dict:
+    # load
     set_seed(cfg.seed)
     ws = prepare(cfg, device)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
     arch = get_architecture(ws.model)
     layers_total = num_layers(ws.model)
@@ -191,12 +189,12 @@ def run_training(
                         metrics_path=out / "metrics.jsonl" if main else None, dtype=ws.dtype,
                         progress=progress and main,
                         label=f"train ({cfg.method})")
-    if result.status == "failed":
-        log(f"run failed: {result.failure['reason']}")
+    if result.status == "failed":  # no adapter is saved: a diverged one must not look usable
+        log(f"run failed: {result.failure['reason']}; no adapter saved")
 
     # evaluate and save
     after = evaluate(cfg, ws, model, progress) if result.status == "completed" else {}
-    if main:
+    if main and result.status == "completed":
         model.save_pretrained(out)
     summary = {
         "method": cfg.method,
@@ -230,5 +228,4 @@ def run_training(
         write_json(out / "accuracy_samples.json", after["accuracy_samples"])
     if main:
         write_json(out / "summary.json", summary)
-    distributed.barrier()  # the run folder is complete when any process returns
     return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -40,7 +41,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Atomic, and always valid JSON: a NaN or infinity becomes ``null``, listed under ``non_finite``."""
+    found: list[str] = []
+    data = finite_or_null(data, found)
+    if found and isinstance(data, dict):
+        data = {**data, "non_finite": found}
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default,
+                                       allow_nan=False) + "\n")
+
+
+def finite_or_null(obj: Any, found: list[str] | None = None, where: str = "") -> Any:
+    """``obj`` with every non-finite float replaced by None (``found`` collects their key paths)."""
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(obj):
+        if found is not None:
+            found.append(where or "(value)")
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v, found, f"{where}.{k}" if where else str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v, found, f"{where}[{i}]") for i, v in enumerate(obj)]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
@@ -87,9 +107,28 @@ def git_revision() -> str | None:
 
 
 def resolve_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device asked for, checked to be there; none asked: CUDA when available, else CPU."""
+    from .errors import AletheiaError
+
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise AletheiaError(f"--device {device!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise AletheiaError(f"--device {device}: {why}; use --device cpu (or leave --device out)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AletheiaError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here "
+                                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise AletheiaError(f"--device {device}: no Apple GPU (MPS) here; use --device cpu")
+    elif dev.type != "cpu":
+        raise AletheiaError(f"--device {device}: Aletheia runs on cpu, cuda or mps, not {dev.type}")
+    return dev
 
 
 def weights_dtype(model: torch.nn.Module) -> torch.dtype:

@@ -184,10 +184,17 @@ def run_one(job: RunJob) -> dict:
         try:
             record = _execute(job)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, the campaign goes on
-            (rd / "error.txt").write_text(traceback.format_exc())
+            try:
+                (rd / "error.txt").write_text(traceback.format_exc())
+            except OSError:
+                pass  # a full disk must not turn one failed run into a crashed campaign
             record = failure_record(job, _reason(exc))
     record["wall_seconds"] = round(time.perf_counter() - start, 3)
-    write_json(rd / RECORD_FILE, record)  # atomic, and last: from here on the run counts as done
+    try:
+        write_json(rd / RECORD_FILE, record)  # atomic, and last: from here on the run counts as done
+    except OSError as exc:  # nothing can be recorded: stop cleanly, the run is redone on resume
+        raise AletheiaError(f"cannot record run {job.run_id} ({exc.strerror or exc}); free space and rerun "
+                            "the same command to resume (finished runs are kept)") from None
     (rd / STARTED_FILE).unlink(missing_ok=True)
     return record
 

@@ -7,6 +7,7 @@ the exact questions, the settings, the time of each benchmark and the package ve
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from contextlib import nullcontext
@@ -18,11 +19,20 @@ import torch
 from ..config import RunConfig
 from ..errors import AletheiaError
 from ..models import load_model_and_tokenizer
+from ..outputs import check_file_output
 from ..utils import git_revision, package_versions, resolve_device, write_json
 from .forgetting import forgetting_report, forgetting_table
 from .suite import EvalConfig, run_suite
 
 VERSION_PACKAGES = ("aletheia", "torch", "transformers", "peft", "lm_eval", "datasets")
+
+
+def _is_eval_result(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and {"results", "settings", "model_path"} <= set(data)
 
 
 def _is_adapter(path: Path) -> bool:
@@ -113,10 +123,14 @@ def summary_line(name: str, res: dict[str, Any]) -> str:
 
 def run_eval(
     model: str | None, adapter: str | None, cfg: EvalConfig, output: str | Path = "eval.json",
-    progress: bool = True, device: str | None = None, data_given: bool = False,
+    progress: bool = True, device: str | None = None, data_given: bool = False, overwrite: bool = False,
 ) -> dict[str, Any]:
-    """``aletheia eval``: evaluate, write ``output`` (eval.json), print one line per model."""
+    """``aletheia eval``: evaluate, write ``output`` (eval.json), print one line per model.
+
+    ``output`` may replace an earlier eval result, but no other file unless ``overwrite``."""
     cfg.validate()
+    check_file_output(output, _is_eval_result, overwrite)
+    resolve_device(device)
     adapters = find_adapters(adapter) if adapter else {}
     if adapters:
         run_cfg = run_config_of(next(iter(adapters.values())))
@@ -153,8 +167,10 @@ def run_eval(
 
 
 def evaluate_compare(run_cfg: RunConfig, folder: Path, cfg: EvalConfig, progress: bool = True,
-                     device: str | None = None) -> dict[str, Any]:
-    """``compare --eval``: base, standard and Aletheia from one load; writes ``folder/eval.json``."""
+                     device: str | None = None, final: Path | None = None) -> dict[str, Any]:
+    """``compare --eval``: base, standard and Aletheia from one load; writes ``folder/eval.json``.
+
+    ``final``: where ``folder`` (a staging folder) will be moved, for the paths recorded."""
     cfg.data, cfg.data_seed = run_cfg.data, run_cfg.seed  # held-out loss on the runs' own split
     cfg.validate()
     log = lambda m: print(f"aletheia: {m}", file=sys.stderr, flush=True)
@@ -165,7 +181,7 @@ def evaluate_compare(run_cfg: RunConfig, folder: Path, cfg: EvalConfig, progress
     names = list(ev["results"])
     write_json(folder / "eval.json", {
         "model": run_cfg.model or "default", "model_path": ev["model_path"],
-        "adapters": {k: str(v) for k, v in adapters.items()}, "settings": cfg.to_dict(),
+        "adapters": {k: str((final or folder) / k) for k in adapters}, "settings": cfg.to_dict(),
         "results": ev["results"], "forgetting": report, "seconds": round(time.perf_counter() - start, 1),
         "versions": package_versions(VERSION_PACKAGES), "git_revision": git_revision(),
     })
