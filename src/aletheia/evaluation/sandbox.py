@@ -2,14 +2,20 @@
 
 A program runs as ``python -I -S sandbox_runner.py`` (no site-packages, no torch, no user
 environment) in a new temporary directory, with a wall-clock timeout, limits on memory, CPU time,
-file size and processes, in a new network and PID namespace when ``unshare`` allows it, as
-``nobody`` when we are root, and under Landlock when the kernel has it (writes only in its directory,
-no TCP, no signals to other processes). ``isolation()`` reports which layers this machine provides;
-results record it. Output goes to capped files, never into this process's memory unbounded.
+file size and processes, in a new network and PID namespace when ``unshare`` allows it, in an empty
+root of its own (only the Python installation, read-only, and its directory: no host file or Unix
+socket to reach) when a mount namespace is allowed, as ``nobody`` when we are root, under Landlock
+when the kernel has it (writes only in its directory, no TCP, no signals to other processes) and
+under a seccomp filter refusing AF_UNIX sockets and io_uring (x86-64, aarch64). ``isolation()``
+reports which layers this machine provides; results record it. Output goes to capped files, never
+into this process's memory unbounded, and never into a result: a result says passed, failed or
+timeout and, for a failure, only the built-in exception type (``AssertionError``), so a program
+cannot carry what it read out through ``detail``.
 """
 
 from __future__ import annotations
 
+import builtins
 import functools
 import json
 import os
@@ -23,12 +29,17 @@ from pathlib import Path
 
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
 OUTPUT_TAIL = 4000
+# The only words a failed result's detail may hold besides our own: names a program cannot choose.
+BUILTIN_ERRORS = frozenset(name for name, value in vars(builtins).items()
+                           if isinstance(value, type) and issubclass(value, BaseException))
 
 
 @dataclass
 class SandboxResult:
     passed: bool
     status: str  # passed | failed | timeout
+    # "" | a built-in exception type | "unknown error" | "timed out after Ns" | "exit status N" |
+    # "killed by signal N": never any text of the program's
     detail: str = ""
 
 
@@ -69,6 +80,7 @@ def run_program(program: str, timeout: float = 10.0, memory_mib: int = 1024, fil
 def _run(program: str, timeout: float, memory_mib: int, file_mib: int) -> tuple[SandboxResult, list[str]]:
     workdir = Path(tempfile.mkdtemp(prefix="aletheia-sandbox-"))
     logs = Path(tempfile.mkdtemp(prefix="aletheia-sandbox-log-"))
+    root = Path(tempfile.mkdtemp(prefix="aletheia-sandbox-root-"))  # stays empty on the host
     try:
         (workdir / "program.py").write_text(program, encoding="utf-8")
         if os.getuid() == 0:  # the program runs as nobody: only its own directory is writable
@@ -76,7 +88,7 @@ def _run(program: str, timeout: float, memory_mib: int, file_mib: int) -> tuple[
             os.chmod(workdir, 0o700)
         env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"}
         cmd = [*namespace_wrapper(), _python(), "-I", "-S", "-B", str(RUNNER), str(workdir),
-               json.dumps(_limits(timeout, memory_mib, file_mib))]
+               json.dumps(_limits(timeout, memory_mib, file_mib)), str(root)]
         with open(logs / "out", "wb") as out, open(logs / "err", "wb") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=workdir,
                                     env=env, start_new_session=True, close_fds=True)
@@ -86,22 +98,39 @@ def _run(program: str, timeout: float, memory_mib: int, file_mib: int) -> tuple[
             except subprocess.TimeoutExpired:
                 timed_out, rc = True, None
             _kill_group(proc)
-        stdout = _tail(logs / "out")
-        stderr = _tail(logs / "err")
-        layers = []
-        for line in stdout.splitlines():
-            if line.startswith("@@SANDBOX "):
-                layers = json.loads(line[len("@@SANDBOX "):]).get("layers", [])
-                break
+        layers = _layers(_head(logs / "out"))
         if timed_out or _cpu_killed(rc):
-            return SandboxResult(False, "timeout", f"timed out after {timeout:g}s"), layers
-        if rc == 0 and "@@SANDBOX " in stdout:
+            return SandboxResult(False, "timeout", f"timed out after {timeout:g}s"), layers or []
+        if rc == 0 and layers is not None:
             return SandboxResult(True, "passed"), layers
-        last = (stderr.strip().splitlines() or [f"exit status {rc}"])[-1]
-        return SandboxResult(False, "failed", last[:300]), layers
+        return SandboxResult(False, "failed", _error_type(_tail(logs / "err"), rc)), layers or []
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(logs, ignore_errors=True)
+        for path in (workdir, logs, root):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _layers(head: str) -> list[str] | None:
+    """The runner's layers from the first stdout line (written before the program ran), or None
+    when the runner never got that far."""
+    first = head.split("\n", 1)[0]
+    if not first.startswith("@@SANDBOX "):
+        return None
+    try:
+        return list(json.loads(first[len("@@SANDBOX "):]).get("layers", []))
+    except (ValueError, AttributeError):
+        return None
+
+
+def _error_type(stderr: str, rc: int | None) -> str:
+    """The failure's built-in exception type as the runner reported it; anything else in stderr
+    (the program's own text, a forged line naming no built-in type) is never passed on."""
+    for line in reversed(stderr.splitlines()):
+        if line.startswith("@@ERROR "):
+            name = line[len("@@ERROR "):].strip()
+            return name if name in BUILTIN_ERRORS else "unknown error"
+    if rc is not None and rc < 0:
+        return f"killed by signal {-rc}"
+    return f"exit status {rc}"
 
 
 def _cpu_killed(rc: int | None) -> bool:
@@ -120,6 +149,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _head(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return fh.read(OUTPUT_TAIL).decode("utf-8", errors="replace")
 
 
 def _tail(path: Path) -> str:
@@ -142,5 +176,11 @@ def isolation() -> dict:
     notes = []
     if "--net" not in wrapper and not any("no-tcp" in x for x in layers):
         notes.append("no network isolation available on this machine (no unshare --net, no Landlock net)")
+    if not any(x.startswith("empty-root") for x in layers):
+        notes.append("no empty root (a mount namespace is not allowed here): a program can read "
+                     "world-readable host files")
+    if not any(x.startswith("seccomp-no-unix") for x in layers):
+        notes.append("no seccomp filter (unknown architecture or seccomp refused): a program may "
+                     "reach host Unix sockets unless the empty root hides them")
     return {"works": result.passed, "layers": ["separate-process", "python -I -S", "temp-dir", "timeout"]
             + ns + layers, "notes": notes}
