@@ -85,13 +85,11 @@ def alpaca_file(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path_factory) -> Path:
+def save_tiny_model(path: Path) -> Path:
     """A tiny Llama saved with a real (byte-level BPE) tokenizer, loadable by path like a user's model."""
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders
     from transformers import PreTrainedTokenizerFast
 
-    path = tmp_path_factory.mktemp("tiny-llama")
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for i, ch in enumerate(sorted(set(" abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:#?!'\n-+=*/()[]{}_\"<>|"))):
         vocab.setdefault(ch, len(vocab))
@@ -104,3 +102,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama saved with a real (byte-level BPE) tokenizer, loadable by path like a user's model."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -215,7 +215,7 @@ def test_status_sees_interrupted_runs(tiny_model_dir, tmp_path):
     assert (st["completed"], st["interrupted"], st["pending"]) == (1, 1, 0)
     assert st["estimate_left_seconds"] is not None
     record = run_one(job)  # the interrupted run starts over from a clean folder
-    assert record["status"] == "completed" and not (job.run_dir / "started.json").exists()
+    assert record.status == "completed" and not (job.run_dir / "started.json").exists()
 
 
 def test_killed_at_random_moments_resumes_to_the_same_rows(tiny_model_dir, tmp_path):

@@ -35,7 +35,7 @@ def test_compare_writes_both_run_folders_and_a_table(tmp_path, tiny_model_dir, c
         summary = json.loads((out / method / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["steps"] == 3
         for key in ("train_seconds", "median_step_seconds", "tokens_per_second", "peak_memory_bytes",
-                    "trainable_params", "eval_loss_before", "eval_loss_after", "versions"):
+                    "trainable_params", "eval_loss_before", "eval_loss", "versions"):
             assert summary[key] is not None, key
         assert len((out / method / "metrics.jsonl").read_text().splitlines()) == 3
         saved = yaml.safe_load((out / method / "config.yaml").read_text())
@@ -85,7 +85,7 @@ def test_config_file_with_flag_overrides(tmp_path, tiny_model_dir, capsys):
     code, _, _ = run_cli(["train", "--config", str(path), "--steps", "2", *FAST], capsys)
     assert code == 0
     summary = json.loads((tmp_path / "from-yaml" / "summary.json").read_text())
-    assert summary["steps"] == 2 and len(summary["adapted_layers"]) == 1
+    assert summary["steps"] == 2 and len(summary["selected_layers"]) == 1
 
 
 @pytest.mark.parametrize("args, message", [

@@ -68,9 +68,9 @@ def test_an_overflowing_run_ends_as_a_failed_run_folder(tiny_model_dir, alpaca_f
               "--batch-size", "2", "--max-length", "48", "--accuracy-examples", "0", "--quiet"])
     assert exit_.value.code == 1
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["eval_loss_after"] is None
-    assert summary["failure"]["step"] == summary["steps_done"] + 1
-    assert "non-finite loss" in summary["failure"]["reason"]
+    assert summary["status"] == "failed" and summary["eval_loss"] is None
+    assert summary["failed_step"] == summary["steps_done"] + 1
+    assert "non-finite loss" in summary["reason"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")

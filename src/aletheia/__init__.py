@@ -10,6 +10,7 @@ The library API, in the order of the algorithm::
     lora = aletheia_lora_config(get_architecture(model), layers)   # a plain peft.LoraConfig
 """
 
+from . import selectors  # noqa: F401 - registers the comparison selectors in SELECTORS
 from .architectures import ARCHITECTURES, Architecture, get_architecture, get_blocks
 from .config import AdapterConfig, DataConfig, ProbeConfig, RunConfig, TrainConfig
 from .data import load_examples, probe_batches, read_examples, tokenize_examples

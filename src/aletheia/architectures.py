@@ -1,9 +1,10 @@
 """Architecture registry: where the decoder blocks are and which modules are attention / MLP.
 
-One ``Architecture`` entry per family. Module names are the names PEFT matches in
-``target_modules``: a leaf name (``q_proj``) or, where a leaf name is ambiguous, the path inside the
-block (GPT-2's ``attn.c_proj`` vs ``mlp.c_proj``). ``layers_pattern`` is the name of the ModuleList
-holding the blocks, which PEFT needs to read layer indices reliably.
+One ``Architecture`` entry per family, registered in ``ARCHITECTURES`` (a ``Registry``). Module
+names are the names PEFT matches in ``target_modules``: a leaf name (``q_proj``) or, where a leaf
+name is ambiguous, the path inside the block (GPT-2's ``attn.c_proj`` vs ``mlp.c_proj``).
+``layers_pattern`` is the name of the ModuleList holding the blocks, which PEFT needs to read layer
+indices reliably.
 
 Mixture-of-experts blocks (Mixtral in transformers 5) keep their experts as fused 3-D parameters, not
 ``nn.Linear`` modules; ``experts`` names those parameters and ``lora.py`` reaches them with PEFT
@@ -21,6 +22,7 @@ from dataclasses import dataclass, replace
 import torch.nn as nn
 
 from .errors import AletheiaError
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -64,40 +66,40 @@ class Architecture:
         return [f"{self.blocks_path}.{i}.{p}" for i in sorted(layers) for p in self.experts]
 
 
-ARCHITECTURES: dict[str, Architecture] = {}
-
-
-def register(arch: Architecture) -> Architecture:
-    ARCHITECTURES[arch.family] = arch
-    return arch
-
-
 LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
 
-register(Architecture("llama", ("llama",), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                      examples="TinyLlama, Llama-2/3.x, SmolLM2, Yi"))
-register(Architecture("mistral", ("mistral",), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                      examples="Mistral-7B"))
-register(Architecture("qwen2", ("qwen2", "qwen3"), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                      examples="Qwen2, Qwen2.5, Qwen3"))
-register(Architecture("phi3", ("phi3",), "model.layers", ("qkv_proj", "o_proj"),
-                      ("gate_up_proj", "down_proj"), examples="Phi-3, Phi-3.5"))
-register(Architecture("stablelm", ("stablelm",), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                      examples="StableLM-2"))
-register(Architecture("gptj", ("gptj",), "transformer.h", ("q_proj", "k_proj", "v_proj", "out_proj"),
-                      ("fc_in", "fc_out"), examples="GPT-J-6B"))
-register(Architecture("mixtral", ("mixtral",), "model.layers", LLAMA_ATTN, (),
-                      experts=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
-                      examples="Mixtral-8x7B"))
-register(Architecture("gpt_neox", ("gpt_neox",), "gpt_neox.layers", ("query_key_value", "attention.dense"),
-                      ("dense_h_to_4h", "dense_4h_to_h"), examples="Pythia, GPT-NeoX-20B"))
-register(Architecture("olmo", ("olmo", "olmo2", "olmo3"), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                      examples="OLMo, OLMo-2"))
-register(Architecture("gemma", ("gemma", "gemma2", "gemma3_text"), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                      examples="Gemma, Gemma-2, Gemma-3 (text)"))
-register(Architecture("gpt2", ("gpt2",), "transformer.h", ("attn.c_attn", "attn.c_proj"),
-                      ("mlp.c_fc", "mlp.c_proj"), fan_in_fan_out=True, examples="GPT-2, DistilGPT2"))
+ARCHITECTURES: Registry[Architecture] = Registry("architecture family")
+"""The known families by name, in the README table's order."""
+
+for _arch in (
+    Architecture("llama", ("llama",), "model.layers", LLAMA_ATTN, LLAMA_MLP,
+                 examples="TinyLlama, Llama-2/3.x, SmolLM2, Yi"),
+    Architecture("mistral", ("mistral",), "model.layers", LLAMA_ATTN, LLAMA_MLP,
+                 examples="Mistral-7B"),
+    Architecture("qwen2", ("qwen2", "qwen3"), "model.layers", LLAMA_ATTN, LLAMA_MLP,
+                 examples="Qwen2, Qwen2.5, Qwen3"),
+    Architecture("phi3", ("phi3",), "model.layers", ("qkv_proj", "o_proj"),
+                 ("gate_up_proj", "down_proj"), examples="Phi-3, Phi-3.5"),
+    Architecture("stablelm", ("stablelm",), "model.layers", LLAMA_ATTN, LLAMA_MLP,
+                 examples="StableLM-2"),
+    Architecture("gptj", ("gptj",), "transformer.h", ("q_proj", "k_proj", "v_proj", "out_proj"),
+                 ("fc_in", "fc_out"), examples="GPT-J-6B"),
+    Architecture("mixtral", ("mixtral",), "model.layers", LLAMA_ATTN, (),
+                 experts=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
+                 examples="Mixtral-8x7B"),
+    Architecture("gpt_neox", ("gpt_neox",), "gpt_neox.layers",
+                 ("query_key_value", "attention.dense"), ("dense_h_to_4h", "dense_4h_to_h"),
+                 examples="Pythia, GPT-NeoX-20B"),
+    Architecture("olmo", ("olmo", "olmo2", "olmo3"), "model.layers", LLAMA_ATTN, LLAMA_MLP,
+                 examples="OLMo, OLMo-2"),
+    Architecture("gemma", ("gemma", "gemma2", "gemma3_text"), "model.layers", LLAMA_ATTN,
+                 LLAMA_MLP, examples="Gemma, Gemma-2, Gemma-3 (text)"),
+    Architecture("gpt2", ("gpt2",), "transformer.h", ("attn.c_attn", "attn.c_proj"),
+                 ("mlp.c_fc", "mlp.c_proj"), fan_in_fan_out=True, examples="GPT-2, DistilGPT2"),
+):
+    ARCHITECTURES.register(_arch.family, _arch)
+del _arch
 
 
 OVERRIDE_HINT = (

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 
 from .config import RunConfig
@@ -202,11 +201,11 @@ def train(
                        attention_modules=attention_modules, mlp_modules=mlp_modules)
     if output is None and config is None:
         cfg.output = f"runs/{cfg.method}"
-    s = run_training(cfg, progress=not quiet, device=device, overwrite=overwrite)
-    print(f"{s['method']}: status {s['status']}, {s['train_seconds']:.1f}s, held-out loss "
-          f"{s['eval_loss_before']:.4f} -> {s['eval_loss_after'] if s['eval_loss_after'] is None else round(s['eval_loss_after'], 4)}"
-          f"\nrun folder: {cfg.output}")
-    if s["status"] != "completed":
+    r = run_training(cfg, progress=not quiet, device=device, overwrite=overwrite)
+    loss = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    print(f"{r.method}: status {r.status}, {r.train_seconds:.1f}s, held-out loss "
+          f"{loss(r.eval_loss_before)} -> {loss(r.eval_loss)}\nrun folder: {cfg.output}")
+    if not r.completed:
         raise typer.Exit(1)
 
 
@@ -403,6 +402,9 @@ USER_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk qu
                errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
 
 
+# typer carries its own copy of click: its error classes are reached through the one it exports
+_CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+UsageError, ClickException = _CLICK["UsageError"], _CLICK["ClickException"]
 _SIGNALS_SEEN: list[str] = []
 
 
@@ -426,15 +428,16 @@ def main(argv: list[str] | None = None) -> None:
     held = (signal.SIGINT, signal.SIGTERM)  # Slurm warns with SIGTERM before a preemption
     previous = {s: signal.signal(s, _interrupt) for s in held}
     try:
-        code = app(args=argv, standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        print(exc.format_message())
-        code = 2
-    except click.UsageError as exc:
+        code = app(args=argv, prog_name="aletheia", standalone_mode=False)
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare verb group: show its help
+            print(exc.format_message())
+            sys.exit(2)
         where = exc.ctx.command_path if exc.ctx else "aletheia"
-        _fail(f"{exc.format_message().rstrip('.')} (see '{where} -h')", exc.exit_code)
-    except click.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code)
+        message = " ".join(exc.format_message().split())  # one line, also for multi-line messages
+        _fail(f"{message.rstrip('.')} (see '{where} -h')", 2)
+    except ClickException as exc:
+        _fail(" ".join(exc.format_message().split()), 2)
     except AletheiaError as exc:
         _fail(str(exc))
     except OSError as exc:

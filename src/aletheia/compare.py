@@ -13,7 +13,7 @@ from . import distributed
 from .config import RunConfig
 from .plots import plot_probe_scores
 from .recipe import evaluate, log, prepare, probe_and_select, run_training
-from .runs import RunFolder
+from .runs import RunFolder, RunRecord
 from .selection import write_probe_json
 from .utils import atomic_write_text, write_json
 
@@ -21,12 +21,12 @@ ROWS = [  # (label, key, format)
     ("train time (s)", "train_seconds", "{:.1f}"),
     ("median step (s)", "median_step_seconds", "{:.3f}"),
     ("tokens / s", "tokens_per_second", "{:.0f}"),
-    ("adapted layers", "n_adapted", "{}"),
+    ("adapted layers", "n_selected", "{}"),
     ("trainable params", "trainable_params", "{:,}"),
     ("held-out loss before", "eval_loss_before", "{:.4f}"),
-    ("held-out loss after", "eval_loss_after", "{:.4f}"),
+    ("held-out loss after", "eval_loss", "{:.4f}"),
     ("accuracy before", "accuracy_before", "{:.1%}"),
-    ("accuracy after", "accuracy_after", "{:.1%}"),
+    ("accuracy after", "accuracy", "{:.1%}"),
     ("peak memory (MiB)", "peak_memory_mib", "{:.0f}"),
 ]
 
@@ -35,13 +35,15 @@ def _fmt(fmt: str, value) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def comparison_table(std: dict, ale: dict, markdown: bool = False) -> str:
+def comparison_table(std: RunRecord, ale: RunRecord, markdown: bool = False) -> str:
     """The side-by-side table printed by ``compare`` (plain text, or Markdown)."""
-    for s in (std, ale):
-        s["n_adapted"] = len(s["adapted_layers"])
-        s["peak_memory_mib"] = s["peak_memory_bytes"] / 2**20
-    rows = [(label, _fmt(f, std.get(k)), _fmt(f, ale.get(k))) for label, k, f in ROWS]
-    speedup = std["train_seconds"] / ale["train_seconds"] if ale["train_seconds"] else float("nan")
+    def cells(r: RunRecord) -> dict:
+        return {**r.to_dict(), "n_selected": len(r.selected_layers or []),
+                "peak_memory_mib": r.peak_memory_bytes / 2**20 if r.peak_memory_bytes else None}
+
+    s, a = cells(std), cells(ale)
+    rows = [(label, _fmt(f, s.get(k)), _fmt(f, a.get(k))) for label, k, f in ROWS]
+    speedup = std.train_seconds / ale.train_seconds if ale.train_seconds else float("nan")
     rows.append(("speedup (std / ale time)", "1.00x", f"{speedup:.2f}x"))
     head = ("", "standard LoRA", "Aletheia")
     if markdown:
@@ -88,15 +90,15 @@ def _compare_into(out: Path, cfg: RunConfig, progress: bool, device: str | None,
     ale = run_training(cfg.replace(method="aletheia", output=str(out / "aletheia")), selection=selection,
                        progress=progress, device=device, baseline=baseline)
 
-    speedup = std["train_seconds"] / ale["train_seconds"] if ale["train_seconds"] else None
+    speedup = std.train_seconds / ale.train_seconds if ale.train_seconds else None
     comparison = {
-        "model": std["model"], "model_path": std["model_path"], "seed": cfg.seed, "steps": cfg.train.steps,
+        "model": std.model, "model_path": std.model_path, "seed": cfg.seed, "steps": cfg.train.steps,
         "selected_layers": selection.layers, "num_layers": selection.num_layers,
         "probe_seconds": selection.seconds, "speedup": speedup,
-        "standard": std, "aletheia": ale,
+        "standard": std.to_dict(), "aletheia": ale.to_dict(),
     }
     comparison["table"] = comparison_table(std, ale)
-    md = (f"# Aletheia vs standard LoRA\n\nModel `{std['model_path']}`, seed {cfg.seed}, "
+    md = (f"# Aletheia vs standard LoRA\n\nModel `{std.model_path}`, seed {cfg.seed}, "
           f"{cfg.train.steps} steps, probe {selection.seconds:.1f}s, selected layers "
           f"{selection.layers} of {selection.num_layers}.\n\n"
           + comparison_table(std, ale, markdown=True)

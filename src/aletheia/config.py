@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -16,6 +18,25 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .yaml_io import load_yaml_file
+
+MAX_STEPS = 10_000_000
+"""Largest accepted number of optimizer steps. Even the smallest model manages a few hundred steps a
+second at best, so ten million is weeks of training: a larger value is a typo (an extra 000) or an
+exponent (1e12), and it would otherwise run, print nothing useful and never finish."""
+
+
+class FieldError(ConfigError):
+    """One field has a value of the wrong type; ``field`` is its dotted name (``train.steps``)."""
+
+    def __init__(self, field_name: str, detail: str):
+        self.field, self.detail = field_name, detail
+        super().__init__(f"'{field_name}' {detail}")
+
+    def under(self, prefix: str) -> "FieldError":
+        """The same problem, named from an enclosing section (``steps`` -> ``train.steps``)."""
+        sep = "" if self.field.startswith("[") else "."
+        return FieldError(f"{prefix}{sep}{self.field}", self.detail)
 
 
 class _Config:
@@ -25,11 +46,11 @@ class _Config:
         return []
 
     def validate(self) -> "_Config":
-        problems = self.problems()
+        problems = _own_type_problems(self) or self.problems()
         for f in fields(self):  # nested configs report with a prefix
             value = getattr(self, f.name)
             if isinstance(value, _Config):
-                problems += [f"{f.name}.{p}" for p in value.problems()]
+                problems += [f"{f.name}.{p}" for p in (type_problems(value) or value.problems())]
         if problems:
             raise ConfigError("invalid config: " + "; ".join(problems))
         return self
@@ -66,8 +87,14 @@ class _Config:
             if isinstance(typ, type) and issubclass(typ, _Config):
                 if value is not None and not isinstance(value, dict):
                     raise ConfigError(f"'{name}' must be a mapping, got {value!r}")
-                value = typ.from_dict(value)
-            kwargs[name] = _coerce(name, value, typ)
+                try:
+                    value = typ.from_dict(value)
+                except FieldError as exc:
+                    raise exc.under(name) from None
+            try:
+                kwargs[name] = _coerce(name, value, typ)
+            except FieldError as exc:
+                raise _with_default(exc, cls, name) from None
         return cls(**kwargs)
 
     def to_yaml(self) -> str:
@@ -75,16 +102,17 @@ class _Config:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "_Config":
+        """Read a YAML file strictly (no repeated keys); every problem names the file."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file not found: {path} (pass an existing YAML file to --config)")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        data = load_yaml_file(path, "config file")
         if data is not None and not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def replace(self, **changes: Any) -> "_Config":
         return dataclasses.replace(self, **changes)
@@ -95,25 +123,106 @@ def duplicate_names(field_name: str, names: list[str], hint: str = "") -> list[s
     return [f"{field_name}: '{n}' appears twice{hint}" for n in sorted({n for n in names if names.count(n) > 1})]
 
 
-def _coerce(name: str, value: Any, typ: Any) -> Any:
-    """Light type checking for YAML values: ints where floats are expected, lists for tuples."""
-    if value is None:
-        return None
+def _with_default(exc: "FieldError", cls: type, name: str) -> "FieldError":
+    """Add the field's default as the fix, unless the message already suggests a value."""
+    f = next(f for f in fields(cls) if f.name == name)
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if "(e.g." in exc.detail or default is dataclasses.MISSING or default is None \
+            or isinstance(default, _Config):
+        return exc
+    return FieldError(exc.field, f"{exc.detail} (e.g. {default!r}, the default)")
+
+
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _unwrap(typ: Any) -> tuple[Any, Any]:
+    """``Optional[X]`` -> (X, origin of X); other hints unchanged."""
     origin = get_origin(typ)
     args = [a for a in get_args(typ) if a is not type(None)]
-    if origin is not None and len(args) == 1 and get_origin(typ) is not list:
-        typ, origin = args[0], get_origin(args[0])  # Optional[X]
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if typ in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ConfigError(f"'{name}' must be a number, got {value!r}")
+    if origin is not None and len(args) == 1 and origin is not list:
+        typ, origin = args[0], get_origin(args[0])
+    return typ, origin
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Type checking for YAML values: whole numbers for ints, finite numbers for floats, lists for
+    lists (element by element), text for strings. Lossless conversions are made (3 -> 3.0, 3.0 -> 3,
+    a number given for a text field -> its text); anything else is one ``FieldError``."""
+    if value is None:
+        return None
+    typ, origin = _unwrap(typ)
+    if typ in (int, float) and isinstance(value, str) and _NUMBER.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads `2e-4` and `1e12` (no dot) as text
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FieldError(name, f"must be a whole number, got {value!r}")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise FieldError(name, f"must be a finite whole number, got {value!r}")
+            if not value.is_integer():
+                example = math.floor(value)
+                raise FieldError(name, f"must be a whole number, got {value!r} (e.g. {example})")
+            return int(value)
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FieldError(name, f"must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise FieldError(name, f"must be a finite number, got {value!r}")
+        return value
     if typ is bool and not isinstance(value, bool):
-        raise ConfigError(f"'{name}' must be true or false, got {value!r}")
-    if origin is list and not isinstance(value, list):
-        raise ConfigError(f"'{name}' must be a list, got {value!r}")
+        raise FieldError(name, f"must be true or false, got {value!r}")
+    if typ is str and not isinstance(value, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `output: 2024`, `label: 7`: the user meant the text
+        raise FieldError(name, f"must be text, got {value!r}")
+    if origin is list:
+        if isinstance(value, tuple):  # made in code: a tuple is as good as a list
+            value = list(value)
+        if not isinstance(value, list):
+            raise FieldError(name, f"must be a list, got {value!r}")
+        (item,) = get_args(typ) or (Any,)
+        if item in (int, float):
+            return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
     return value
+
+
+def type_problems(cfg: "_Config", prefix: str = "") -> list[str]:
+    """Every field of ``cfg`` (and of the configs inside it) whose value has the wrong type.
+
+    ``from_dict`` refuses such values one at a time; this finds them in a config built or changed in
+    code (CLI flags set attributes directly), so NaN, infinity, 2.7 steps or a bool never pass
+    ``validate``. The lossless conversions of ``from_dict`` are applied in place (3.0 -> 3), so the
+    code after ``validate`` sees the declared types however the config was made."""
+    out = _own_type_problems(cfg, prefix)
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, _Config):
+            out += type_problems(value, f"{prefix}{f.name}.")
+    return out
+
+
+def _own_type_problems(cfg: "_Config", prefix: str = "") -> list[str]:
+    out = []
+    types = get_type_hints(type(cfg))
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, _Config):
+            continue
+        if isinstance(value, list) and value and all(isinstance(v, _Config) for v in value):
+            for i, v in enumerate(value):
+                out += type_problems(v, f"{prefix}{f.name}[{i}].")
+            continue
+        try:
+            checked = _coerce(f.name, value, types[f.name])
+        except FieldError as exc:
+            out.append(f"{prefix}{exc.field} {exc.detail}")
+            continue
+        if checked is not value:
+            setattr(cfg, f.name, checked)
+    return out
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -193,6 +302,16 @@ class ProbeConfig(_Config):
             not self.layers or any(not isinstance(i, int) or i < 0 for i in self.layers)
         ):
             p.append(f"layers={self.layers} must be a non-empty list of layer indices >= 0")
+        elif self.layers is not None and len(set(self.layers)) != len(self.layers):
+            twice = sorted({i for i in self.layers if self.layers.count(i) > 1})
+            p.append(f"layers={self.layers} lists layer {', '.join(map(str, twice))} more than "
+                     f"once; give each index once, e.g. {sorted(set(self.layers))}")
+        if isinstance(self.selector, str):
+            from .selection import SELECTORS  # lazy: the registry imports torch
+
+            if self.selector not in SELECTORS:
+                p.append(f"selector={self.selector!r} is unknown; use one of "
+                         f"{', '.join(sorted(SELECTORS))}")
         if self.time_budget is not None and not 0.0 < self.time_budget <= 1.0:
             p.append(f"time_budget={self.time_budget} must be in (0, 1], a fraction of standard LoRA's step time")
         if self.tradeoff is not None and self.tradeoff < 0:
@@ -272,6 +391,9 @@ class TrainConfig(_Config):
         p = []
         if self.steps < 1:
             p.append(f"steps={self.steps} must be a positive number of optimizer steps (e.g. 200)")
+        elif self.steps > MAX_STEPS:
+            p.append(f"steps={self.steps} is beyond the cap of {MAX_STEPS:,} optimizer steps "
+                     "(weeks of training even for a tiny model); check for a typo, e.g. 200")
         if self.batch_size < 1:
             p.append(f"batch_size={self.batch_size} must be at least 1")
         if self.grad_accum < 1:

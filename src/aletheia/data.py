@@ -12,7 +12,9 @@ on prompt and padding tokens, so the loss (training, probe and held-out) counts 
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,6 +25,10 @@ from .bootstrap import generate_bootstrap
 from .errors import AletheiaError
 
 IGNORE_INDEX = -100
+MAX_EXAMPLE_CHARS = 1_000_000
+"""Most characters of text one example (one row) may hold. ``max_length`` keeps a few hundred tokens
+of it anyway; a row beyond this is a mistake (a whole corpus in one field, a binary pasted in) that
+would otherwise spend gigabytes and minutes in the tokenizer without a word."""
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{extra}. "
     "Write a response that appropriately completes the request.\n\n"
@@ -44,9 +50,29 @@ class Example:
         return self.messages[-1]["content"] if self.messages else None
 
 
+def _text_size(value: Any) -> int:
+    """Characters of text in a parsed row (strings, nested in lists and mappings)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_size(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_text_size(v) for v in value)
+    return 0
+
+
+def _too_large(where: str, size: int) -> AletheiaError:
+    return AletheiaError(f"{where}: the row holds {size:,} characters, over the cap of "
+                         f"{MAX_EXAMPLE_CHARS:,} per example (data.MAX_EXAMPLE_CHARS); split or "
+                         "trim it (training keeps only max_length tokens of each example anyway)")
+
+
 def _row_to_example(row: Any, where: str) -> Example:
     if not isinstance(row, dict):
         raise AletheiaError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    size = _text_size(row)
+    if size > MAX_EXAMPLE_CHARS:
+        raise _too_large(where, size)
     if "messages" in row:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not msgs:
@@ -90,9 +116,18 @@ def read_examples(path: str | Path) -> list[Example]:
                 and p.suffix not in (".json", ".jsonl"):
             return _read_hf_dataset(path)
         raise AletheiaError(f"data file not found: {path} (pass an existing .json/.jsonl file to --data)")
-    if p.is_dir():
+    mode = os.stat(p).st_mode  # before opening: a FIFO or a device would block or never end
+    if stat.S_ISDIR(mode):
         raise AletheiaError(f"{path} is a folder; pass a .json or .jsonl file to --data")
-    text = p.read_text(encoding="utf-8", errors="replace")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise AletheiaError(f"{path} is {kind}; pass a regular .json or .jsonl file to --data")
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise AletheiaError(f"cannot read data file {path} ({exc.strerror or exc})") from None
     rows: list[tuple[str, Any]] = []
     stripped = text.lstrip()
     if p.suffix == ".json" or stripped.startswith("["):
@@ -109,6 +144,8 @@ def read_examples(path: str | Path) -> list[Example]:
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
+            if len(line) > 2 * MAX_EXAMPLE_CHARS:  # surely over the cap: refuse before parsing it
+                raise _too_large(f"{p}:{lineno}", len(line))
             try:
                 rows.append((f"{p}:{lineno}", json.loads(line)))
             except json.JSONDecodeError as exc:

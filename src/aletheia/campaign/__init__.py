@@ -10,7 +10,6 @@ from .runner import (
                      RunJob,
                      campaign_status,
                      failure_record,
-                     load_campaign,
                      plan_jobs,
                      read_record,
                      run_campaign,
@@ -22,6 +21,7 @@ from .spec import (
                      ExecutorConfig,
                      ModelSpec,
                      RecipeSpec,
+                     load_campaign,
                      load_spec,
 )
 

@@ -4,7 +4,8 @@ An executor has one method, ``map(fn, jobs, on_event)``: call ``fn(job)`` for ev
 results in job order, and report ``("start", job, None)`` / ``("done", job, record)`` events as they
 happen (the progress view listens to them). ``fn`` must never raise: the runner's ``run_one`` turns
 every failure into a record, so one bad run cannot stop the others. Register new executors with
-``@register_executor("name")``; the factory receives the ``ExecutorConfig`` and the campaign folder.
+``@register_executor("name")`` (``EXECUTORS`` is a ``Registry``); the factory receives the
+``ExecutorConfig`` and the campaign folder.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import math
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import AletheiaError
-from .spec import ExecutorConfig
+from ..registry import Registry
+
+if TYPE_CHECKING:  # the spec validates executor names against this registry: no import back
+    from .spec import ExecutorConfig
 
 Event = Callable[[str, Any, "dict | None"], None]
 
@@ -26,21 +30,15 @@ class Executor(Protocol):
         ...
 
 
-ExecutorFactory = Callable[[ExecutorConfig, Path], Executor]
-EXECUTORS: dict[str, ExecutorFactory] = {}
-
-
-def register_executor(name: str) -> Callable[[ExecutorFactory], ExecutorFactory]:
-    def deco(factory: ExecutorFactory) -> ExecutorFactory:
-        EXECUTORS[name] = factory
-        return factory
-    return deco
+ExecutorFactory = Callable[["ExecutorConfig", Path], Executor]
+EXECUTORS: Registry[ExecutorFactory] = Registry("executor")
+register_executor = EXECUTORS.register
+"""``@register_executor("name")`` above an executor class (or factory) adds it to ``EXECUTORS``."""
 
 
 def get_executor(cfg: ExecutorConfig, campaign_dir: str | Path) -> Executor:
-    if cfg.name not in EXECUTORS:
-        raise AletheiaError(f"unknown executor '{cfg.name}'; available: {', '.join(sorted(EXECUTORS))}")
-    return EXECUTORS[cfg.name](cfg, Path(campaign_dir))
+    """The executor ``cfg.name`` for ``campaign_dir``; an unknown name lists the registered ones."""
+    return EXECUTORS.get(cfg.name)(cfg, Path(campaign_dir))
 
 
 def _emit(on_event: Event | None, kind: str, job: Any, record: dict | None = None) -> None:
@@ -48,6 +46,7 @@ def _emit(on_event: Event | None, kind: str, job: Any, record: dict | None = Non
         on_event(kind, job, record)
 
 
+@register_executor("local")
 class LocalExecutor:
     """Sequential, in this process: the default, and the easiest to debug."""
 
@@ -64,6 +63,7 @@ class LocalExecutor:
         return out
 
 
+@register_executor("ray")
 class RayExecutor:
     """One Ray task per run, asking for the run's CPUs and GPUs; joins a cluster or starts one."""
 
@@ -100,6 +100,7 @@ class RayExecutor:
         return results  # type: ignore[return-value]
 
 
+@register_executor("slurm")
 class SlurmExecutor:
     """Slurm through submitit: one job array (or one job per run); ``cluster: local`` runs the jobs as
     local processes with submitit's LocalExecutor, which is how it is tested without a cluster."""
@@ -146,15 +147,8 @@ class SlurmExecutor:
                     try:
                         results[i] = handle.result()
                     except Exception as exc:  # noqa: BLE001 - the job itself died (killed, timed out): keep going
-                        from .runner import failure_record
-
-                        results[i] = failure_record(jobs[i], f"executor job failed: {str(exc).splitlines()[0][:300]}")
+                        results[i] = jobs[i].failure(f"executor job failed: {str(exc).splitlines()[0][:300]}")
                     _emit(on_event, "done", jobs[i], results[i])
             if waiting:
                 time.sleep(0.5)
         return results  # type: ignore[return-value]
-
-
-register_executor("local")(LocalExecutor)
-register_executor("ray")(RayExecutor)
-register_executor("slurm")(SlurmExecutor)

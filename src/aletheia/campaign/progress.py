@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..runs import RunRecord
+
 
 def fmt_seconds(s: float | None) -> str:
     if s is None:
@@ -22,10 +24,10 @@ def fmt_seconds(s: float | None) -> str:
 class ProgressView:
     """One status line per event (to stderr); rewritten in place when stderr is a terminal."""
 
-    def __init__(self, total: int, already: list[dict], enabled: bool = True,
+    def __init__(self, total: int, already: list[RunRecord], enabled: bool = True,
                  on_done: Callable[[], Any] | None = None):
         self.total, self.enabled, self.on_done = total, enabled, on_done
-        self.done = sum(1 for r in already if r.get("status") == "completed")
+        self.done = sum(1 for r in already if r.completed)
         self.failed = len(already) - self.done
         self.skipped = len(already)
         self.running: set[str] = set()
@@ -35,20 +37,20 @@ class ProgressView:
         if enabled and already:
             self._print(f"resuming: {len(already)}/{total} runs already finished, skipped")
 
-    def event(self, kind: str, job: Any, record: dict | None) -> None:
+    def event(self, kind: str, job: Any, record: RunRecord | None) -> None:
         if kind == "start":
             self.running.add(job.run_id)
             last = f"started {job.label}"
         else:
             self.running.discard(job.run_id)
             self.finished_now += 1
-            ok = (record or {}).get("status") == "completed"
+            ok = record is not None and record.completed
             self.done += ok
             self.failed += not ok
-            secs = (record or {}).get("wall_seconds")
+            secs = record.wall_seconds if record is not None else None
             last = f"{'finished' if ok else 'FAILED'} {job.label}" + (f" ({fmt_seconds(secs)})" if secs else "")
             if not ok:
-                last += f": {(record or {}).get('reason')}"
+                last += f": {record.reason if record is not None else 'no record'}"
             if self.on_done:
                 self.on_done()
         self._print(self.line(last), final=kind == "done")

@@ -109,7 +109,10 @@ class Campaign:
             return "the campaign's eval.benchmarks list is empty (held-out loss only)"
         notes = []
         for path in sorted((self.dir / "runs").glob("*/record.json")):
-            rec = json.loads(path.read_text())
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, ValueError):  # unreadable records are skipped, as in load_records
+                continue
             notes += [n for n in rec.get("notes") or [] if n.startswith("benchmarks not measured")]
         return notes[0] if notes else "no completed run has benchmark scores yet"
 
@@ -132,9 +135,26 @@ class Campaign:
 
 
 def _read_yaml(path: Path) -> dict | None:
-    import yaml
+    """The campaign's saved spec as a mapping (None when absent: results.csv alone still reports).
 
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    A broken one is refused with one line rather than half-used: the report's tables need its
+    models, recipes and settings to be what the campaign ran."""
+    from ..errors import ConfigError
+    from ..yaml_io import load_yaml_file
+    from .spec import CampaignSpec
+
+    if not path.exists():
+        return None
+    fix = f"fix it, or copy the spec the campaign was run with to {path}"
+    try:
+        data = load_yaml_file(path, "campaign spec")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        CampaignSpec.from_dict(data).validate()
+    except ConfigError as exc:
+        msg = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+        raise AletheiaError(f"{msg}; {fix}") from None
+    return data
 
 
 # --- tables ----------------------------------------------------------------------------------------
@@ -447,6 +467,7 @@ def write_report(campaign_dir: str | Path) -> dict[str, Path]:
     if not (d / "campaign.yaml").is_file() and not (d / "results.csv").is_file():
         raise AletheiaError(f"{d} is not a campaign folder (no campaign.yaml or results.csv); "
                             "run one first: aletheia campaign run SPEC --output DIR")
+    _read_yaml(d / "campaign.yaml")  # a broken spec: one line now, before anything is rewritten
     if (d / "runs").is_dir():
         write_results_csv(d)
     c = Campaign(d, read_results_csv(d / "results.csv"))

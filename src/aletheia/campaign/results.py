@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
+from ..runs import RunStore
 from ..utils import atomic_write_text
+from .spec import SPEC_FILE, load_campaign
 
 BENCHMARKS = ("mmlu", "gsm8k", "humaneval")
 COLUMNS = [
@@ -32,14 +33,8 @@ RECIPE_ORDER = {"standard": 0, "aletheia": 1, "compute_matched": 2, "budget_swee
 
 
 def load_records(campaign_dir: str | Path) -> list[dict]:
-    """Every finished run's record (``runs/*/record.json``)."""
-    out = []
-    for path in sorted(Path(campaign_dir, "runs").glob("*/record.json")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue
-    return out
+    """Every finished run's record (``runs/*/record.json``), as plain dicts."""
+    return [r.to_dict() for r in RunStore(campaign_dir).records()]
 
 
 def build_rows(records: list[dict], model_order: list[str] | None = None) -> list[dict]:
@@ -95,8 +90,6 @@ def _cell(v):
 
 def write_results_csv(campaign_dir: str | Path) -> list[dict]:
     """Rebuild ``results.csv`` from the records (atomically) and return its rows."""
-    from .runner import SPEC_FILE, load_campaign
-
     campaign_dir = Path(campaign_dir)
     order = [m.key for m in load_campaign(campaign_dir).models] if (campaign_dir / SPEC_FILE).is_file() else None
     rows = build_rows(load_records(campaign_dir), order)

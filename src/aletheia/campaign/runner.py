@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import socket
@@ -34,16 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import RunConfig
 from ..errors import AletheiaError
-from ..utils import atomic_write_text, write_json
+from .. import runs
+from ..outputs import check_writable, disk_full
+from ..runs import RunRecord, RunStore
+from ..utils import write_json
 from .executors import get_executor
 from .models import materialize_model
-from .spec import DEFAULT_FACTOR, CampaignSpec, ModelSpec
+from .spec import DEFAULT_FACTOR, SPEC_FILE, CampaignSpec, ModelSpec, load_campaign
 
-SPEC_FILE = "campaign.yaml"
 RECORD_FILE = "record.json"
 STARTED_FILE = "started.json"
 # the score each benchmark reports as its headline number (run_suite's keys), shown in percent
@@ -87,6 +86,13 @@ class RunJob:
     def phase(self) -> int:
         """Wall-clock matched runs need their paired runs' times, so they go in a second wave."""
         return 1 if self.match == "wallclock" else 0
+
+    def failure(self, reason: str) -> RunRecord:
+        """The record of this run when it could not complete (executors use it for lost jobs)."""
+        return RunRecord(method=self.config["method"], seed=self.seed, steps=self.config["train"]["steps"],
+                         status="failed", reason=reason, run_id=self.run_id, model=self.model,
+                         model_id=self.model_id, recipe=self.recipe, budget=self.budget,
+                         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     @property
     def label(self) -> str:
@@ -147,24 +153,17 @@ def _copy(x):
 
 # --- one run ------------------------------------------------------------------------------------
 
-def read_record(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / RECORD_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # cannot happen with atomic writes; treat as not finished
+def read_record(run_dir: str | Path) -> RunRecord | None:
+    """The record of the run in ``run_dir``; None while the run is not finished."""
+    return runs.read_record(Path(run_dir) / RECORD_FILE)
 
 
-def failure_record(job: RunJob, reason: str, **extra: Any) -> dict:
+def failure_record(job: RunJob, reason: str) -> RunRecord:
     """The record of a run that did not complete: identity, ``failed`` and the reason."""
-    return {"run_id": job.run_id, "model": job.model, "model_id": job.model_id, "seed": job.seed,
-            "recipe": job.recipe, "budget": job.budget, "steps": job.config["train"]["steps"],
-            "status": "failed", "reason": reason, "finished_at": _now(), **extra}
+    return job.failure(reason)
 
 
-def run_one(job: RunJob) -> dict:
+def run_one(job: RunJob) -> RunRecord:
     """Run one job into its folder and return its record; a finished run returns its saved record.
 
     Never raises for a failed run: the error becomes the record's ``reason`` (the traceback goes to
@@ -174,29 +173,42 @@ def run_one(job: RunJob) -> dict:
     done = read_record(rd)
     if done is not None:
         return done
-    if rd.exists():  # an interrupted attempt: start clean so no stale file survives
-        shutil.rmtree(rd)
-    rd.mkdir(parents=True)
-    write_json(rd / STARTED_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now(),
-                                   "started_unix": time.time()})
-    start = time.perf_counter()
-    with open(rd / "log.txt", "w") as logfile, contextlib.redirect_stderr(logfile):
-        try:
-            record = _execute(job)
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded, the campaign goes on
-            try:
-                (rd / "error.txt").write_text(traceback.format_exc())
-            except OSError:
-                pass  # a full disk must not turn one failed run into a crashed campaign
-            record = failure_record(job, _reason(exc))
-    record["wall_seconds"] = round(time.perf_counter() - start, 3)
     try:
-        write_json(rd / RECORD_FILE, record)  # atomic, and last: from here on the run counts as done
+        if rd.exists():  # an interrupted attempt: start clean so no stale file survives
+            shutil.rmtree(rd)
+        rd.mkdir(parents=True)
+        write_json(rd / STARTED_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now(),
+                                       "started_unix": time.time()})
+        logfile = open(rd / "log.txt", "w")
+    except OSError as exc:  # a full disk before the run even starts: stop cleanly, resume later
+        raise AletheiaError(f"cannot start run {job.run_id} ({_os_words(exc)}); free space and rerun the same "
+                            "command to resume (finished runs are kept)") from None
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stderr(logfile):
+            try:
+                record = _execute(job)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded, the campaign goes on
+                try:
+                    (rd / "error.txt").write_text(traceback.format_exc())
+                except OSError:
+                    pass  # a full disk must not turn one failed run into a crashed campaign
+                record = failure_record(job, _reason(exc))
+    finally:
+        with contextlib.suppress(OSError):  # a log that cannot be flushed to a full disk is no failure
+            logfile.close()
+    record = record.replace(wall_seconds=round(time.perf_counter() - start, 3))
+    try:
+        runs.write_record(rd / RECORD_FILE, record)  # atomic, and last: from here on the run is done
     except OSError as exc:  # nothing can be recorded: stop cleanly, the run is redone on resume
-        raise AletheiaError(f"cannot record run {job.run_id} ({exc.strerror or exc}); free space and rerun "
-                            "the same command to resume (finished runs are kept)") from None
+        raise AletheiaError(f"cannot record run {job.run_id} ({_os_words(exc)}); free space and rerun the "
+                            "same command to resume (finished runs are kept)") from None
     (rd / STARTED_FILE).unlink(missing_ok=True)
     return record
+
+
+def _os_words(exc: OSError) -> str:
+    return disk_full(exc) or exc.strerror or str(exc)
 
 
 def _reason(exc: BaseException) -> str:
@@ -205,10 +217,12 @@ def _reason(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in msg.lower():
         return f"out of memory: {msg}"
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    reason = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    full = disk_full(exc)
+    return f"{full} ({reason}); free space and rerun with --retry-failed" if full else reason
 
 
-def _execute(job: RunJob) -> dict:
+def _execute(job: RunJob) -> RunRecord:
     """load → (reuse the probe) → train → evaluate → record: run_training does the work."""
     from ..recipe import run_training
 
@@ -230,50 +244,35 @@ def _execute(job: RunJob) -> dict:
         selection = load_shared_selection(shared / "probe.json", cfg)
     baseline = _read_json(shared / "baseline.json")
 
-    summary = run_training(cfg, selection=selection, progress=False, device=job.device,
+    trained = run_training(cfg, selection=selection, progress=False, device=job.device,
                            overwrite=True, baseline=baseline)
 
     if cfg.method == "aletheia" and selection is None and (job.run_dir / "probe.json").is_file():
         shared.mkdir(parents=True, exist_ok=True)
         probe = json.loads((job.run_dir / "probe.json").read_text())
         write_json(shared / "probe.json", {**probe, "probed_by": job.run_id})
-    if baseline is None and summary.get("eval_loss_before") is not None:
-        write_json(shared / "baseline.json", {"eval_loss": summary["eval_loss_before"],
-                                              "accuracy": summary.get("accuracy_before")})
+    if baseline is None and trained.eval_loss_before is not None:
+        write_json(shared / "baseline.json", {"eval_loss": trained.eval_loss_before,
+                                              "accuracy": trained.accuracy_before})
 
-    failure = summary.get("failure") or {}
-    record = {
-        "run_id": job.run_id, "model": job.model, "model_id": job.model_id,
-        "model_path": summary.get("model_path"), "family": summary.get("family"),
-        "parameters": summary.get("base_params"), "layers": summary.get("num_layers"),
-        "selected_layers": summary.get("adapted_layers"), "seed": job.seed, "recipe": job.recipe,
-        "budget": job.budget, "steps": cfg.train.steps, "steps_done": summary.get("steps_done"),
-        "status": summary["status"], "reason": failure.get("reason"),
-        "train_seconds": summary.get("train_seconds"),
-        "median_step_seconds": _finite(summary.get("median_step_seconds")),
-        "probe_seconds": summary.get("probe_seconds"), "probe_reused": selection is not None,
-        "trainable_params": summary.get("trainable_params"),
-        "eval_loss_before": summary.get("eval_loss_before"), "eval_loss": summary.get("eval_loss_after"),
-        "accuracy_before": summary.get("accuracy_before"), "accuracy": summary.get("accuracy_after"),
-        "peak_memory_bytes": summary.get("peak_memory_bytes"), "device": summary.get("device"),
-        "dtype": summary.get("dtype"), "finished_at": _now(), "notes": notes,
-    }
-    if job.benchmarks and record["status"] == "completed":
-        record.update(_benchmarks(job, model_path, cfg, notes))
+    record = trained.replace(run_id=job.run_id, model=job.model, model_id=job.model_id, recipe=job.recipe,
+                             budget=job.budget, probe_reused=selection is not None, notes=notes)
+    if job.benchmarks and record.completed:
+        record = record.replace(**_benchmarks(job, model_path, cfg, notes))
     return record
 
 
 def wallclock_steps(job: RunJob) -> tuple[int | None, str]:
     """Steps that fill the paired standard run's training time at the paired Aletheia run's pace."""
-    runs = Path(job.campaign_dir) / "runs"
-    std = read_record(runs / run_id(job.model, job.seed, "standard", None))
-    ale = read_record(runs / run_id(job.model, job.seed, "aletheia", job.budget))
+    store = RunStore(job.campaign_dir)
+    std = store.record(run_id(job.model, job.seed, "standard", None))
+    ale = store.record(run_id(job.model, job.seed, "aletheia", job.budget))
     for name, rec in (("standard", std), ("aletheia", ale)):
-        if rec is None or rec.get("status") != "completed" or not rec.get("train_seconds"):
+        if rec is None or not rec.completed or not rec.train_seconds:
             return None, f"cannot match wall-clock: the paired {name} run did not complete"
-    per_step = ale["train_seconds"] / max(1, ale["steps_done"] or ale["steps"])
-    steps = max(1, round(std["train_seconds"] / per_step))
-    return steps, (f"wall-clock matched: {steps} steps = standard {std['train_seconds']:.2f}s / "
+    per_step = ale.train_seconds / max(1, ale.steps_done or ale.steps)
+    steps = max(1, round(std.train_seconds / per_step))
+    return steps, (f"wall-clock matched: {steps} steps = standard {std.train_seconds:.2f}s / "
                    f"aletheia {per_step:.4f}s per step")
 
 
@@ -351,10 +350,6 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _finite(x):
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -371,24 +366,7 @@ def _comparable(spec: CampaignSpec) -> dict:
 
 def init_campaign_dir(spec: CampaignSpec, campaign_dir: Path) -> None:
     """Save the spec in the folder, or check that a resumed campaign uses the same one."""
-    saved = campaign_dir / SPEC_FILE
-    if saved.is_file():
-        old = CampaignSpec.from_dict(yaml.safe_load(saved.read_text()))
-        if _comparable(old) != _comparable(spec):  # type: ignore[arg-type]
-            raise AletheiaError(
-                f"{campaign_dir} holds a campaign with a different spec ({saved}); resume it with the "
-                "same spec, or pass --output with a new folder")
-    campaign_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, spec.to_yaml())
-
-
-def load_campaign(campaign_dir: str | Path) -> CampaignSpec:
-    saved = Path(campaign_dir) / SPEC_FILE
-    if not saved.is_file():
-        raise AletheiaError(f"{campaign_dir} is not a campaign folder (no {SPEC_FILE}); "
-                            "start one with: aletheia campaign run SPEC --output DIR")
-    spec = CampaignSpec.from_dict(yaml.safe_load(saved.read_text()))
-    return spec.validate()  # type: ignore[return-value]
+    RunStore(campaign_dir).open(spec, SPEC_FILE, _comparable, kind="campaign", noun="spec")
 
 
 def run_campaign(spec: CampaignSpec, campaign_dir: str | Path | None = None, progress: bool = True,
@@ -399,29 +377,39 @@ def run_campaign(spec: CampaignSpec, campaign_dir: str | Path | None = None, pro
 
     spec.validate()
     out = Path(campaign_dir or spec.output)
+    check_writable(out)  # before any model is built or loaded
     init_campaign_dir(spec, out)
     jobs = plan_jobs(spec, out)
     for m in spec.models:  # build random models once, here, not in every worker
         materialize_model(m, out)
+    store = RunStore(out)
     if retry_failed:
-        for job in jobs:
-            rec = read_record(job.run_dir)
-            if rec is not None and rec.get("status") != "completed":
-                (job.run_dir / RECORD_FILE).unlink()
-    records = {job.run_id: read_record(job.run_dir) for job in jobs}
+        store.forget_failed(job.run_id for job in jobs)
+    records = {job.run_id: store.record(job.run_id) for job in jobs}
     todo = [job for job in jobs if records[job.run_id] is None]
     view = ProgressView(total=len(jobs), already=[r for r in records.values() if r], enabled=progress,
-                        on_done=lambda: write_results_csv(out))
+                        on_done=lambda: _refresh_results(out))
     executor = get_executor(spec.executor, out)
     for phase in (0, 1):
         wave = [job for job in todo if job.phase == phase]
         if not wave:
             continue
         for job, record in zip(wave, executor.map(run_one, wave, view.event)):
-            if read_record(job.run_dir) is None:  # the executor lost the job: record why
-                write_json(job.run_dir / RECORD_FILE, record)
+            store.keep_lost(job.run_id, record)  # an executor that lost the job still says why
     view.close()
-    return write_results_csv(out)
+    try:
+        return write_results_csv(out)
+    except OSError as exc:
+        raise AletheiaError(f"cannot write {out / 'results.csv'} ({_os_words(exc)}); every run's record is kept: "
+                            "free space and rerun the same command to write it") from None
+
+
+def _refresh_results(out: Path) -> None:
+    """results.csv after each run, for a look while the campaign goes on; a full disk skips it."""
+    from .results import write_results_csv
+
+    with contextlib.suppress(OSError):
+        write_results_csv(out)
 
 
 def campaign_status(campaign_dir: str | Path) -> dict:
@@ -435,9 +423,9 @@ def campaign_status(campaign_dir: str | Path) -> dict:
     for job in jobs:
         rec = read_record(job.run_dir)
         if rec is not None:
-            state["completed" if rec.get("status") == "completed" else "failed"].append(job.label)
-            if rec.get("wall_seconds"):
-                durations.append(rec["wall_seconds"])
+            state["completed" if rec.completed else "failed"].append(job.label)
+            if rec.wall_seconds:
+                durations.append(rec.wall_seconds)
             continue
         started = _read_json(job.run_dir / STARTED_FILE)
         if started is None:

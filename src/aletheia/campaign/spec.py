@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import AdapterConfig, DataConfig, ProbeConfig, TrainConfig, _Config, duplicate_names
-from ..errors import ConfigError
+from ..config import (MAX_STEPS, AdapterConfig, DataConfig, FieldError, ProbeConfig, TrainConfig,
+                      _Config, duplicate_names)
+from ..errors import AletheiaError, ConfigError
+from ..yaml_io import load_yaml_file
 
 RECIPES = ("standard", "aletheia", "compute_matched", "budget_sweep")
 MATCH_MODES = ("factor", "wallclock")
@@ -241,10 +243,11 @@ class CampaignSpec(_Config):
     def from_dict(cls, data: dict[str, Any] | None) -> CampaignSpec:
         data = dict(data or {})
         if "models" in data:
-            data["models"] = [_entry(ModelSpec, m, "id", "models") for m in _as_list(data["models"], "models")]
+            data["models"] = [_entry(ModelSpec, m, "id", f"models[{i}]")
+                              for i, m in enumerate(_as_list(data["models"], "models"))]
         if "recipes" in data:
-            data["recipes"] = [_entry(RecipeSpec, r, "name", "recipes")
-                               for r in _as_list(data["recipes"], "recipes")]
+            data["recipes"] = [_entry(RecipeSpec, r, "name", f"recipes[{i}]")
+                               for i, r in enumerate(_as_list(data["recipes"], "recipes"))]
         return super().from_dict(data)  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
@@ -289,6 +292,11 @@ class CampaignSpec(_Config):
             p.append("compute_matched with match: wallclock needs the aletheia recipe (its time per step)")
         if cm and cm.match == "wallclock" and ale and cm.run_budgets() != ale.run_budgets():
             p.append("compute_matched with match: wallclock must use the aletheia recipe's budget")
+        factor = (cm.factor or DEFAULT_FACTOR) if cm and cm.match == "factor" else None
+        steps = self.train.steps
+        if factor and isinstance(steps, int) and round(steps * factor) > MAX_STEPS:
+            p.append(f"compute_matched: train.steps={self.train.steps} x factor {factor} is beyond "
+                     f"the cap of {MAX_STEPS:,} optimizer steps")
         if sweep and ale and sweep.budgets and ale.run_budgets()[0] in sweep.budgets:
             p.append(f"budget_sweep: budget {ale.run_budgets()[0]} repeats the aletheia run; drop it "
                      "(the layer-budget table already uses the aletheia rows)")
@@ -302,21 +310,43 @@ def _as_list(value: Any, name: str) -> list:
 
 
 def _entry(cls: type[_Config], value: Any, key: str, name: str) -> _Config:
+    """One ``models`` / ``recipes`` entry; ``name`` (``models[2]``) prefixes a wrong-type field."""
     if isinstance(value, cls):
         return value
-    if isinstance(value, str):
-        return cls.from_dict({key: value})
-    if isinstance(value, dict):
-        return cls.from_dict(value)
-    raise ConfigError(f"each entry of '{name}' must be a string or a mapping, got {value!r}")
+    if not isinstance(value, (str, dict)):
+        raise ConfigError(f"'{name}' must be a string or a mapping, got {value!r}")
+    try:
+        return cls.from_dict({key: value} if isinstance(value, str) else value)
+    except FieldError as exc:
+        raise exc.under(name) from None
+
+
+def unloadable_models(spec: CampaignSpec) -> list[str]:
+    """One problem per model that names a local path that cannot load (missing, not a model folder,
+    not a GGUF file). Embedded (``default``), ``random:`` and hub ids are left to load time: only a
+    path can be checked without the network, and only a path-like id is surely meant as one."""
+    from ..models import model_path_problem
+
+    out = []
+    for i, m in enumerate(spec.models):
+        if m.id in ("default", "") or m.id.startswith(RANDOM_PREFIX):
+            continue
+        problem = model_path_problem(m.id)
+        if problem:
+            out.append(f"models[{i}].id: {problem}")
+    return out
 
 
 def load_spec(path: str | Path) -> CampaignSpec:
-    """Read and validate a campaign YAML file."""
-    if not Path(path).is_file():
+    """Read and validate a campaign YAML file, and check up front that its local models exist (a
+    missing one would otherwise fail each of its runs, one by one, after the campaign starts)."""
+    if not Path(path).exists():
         raise ConfigError(f"campaign spec not found: {path} (pass a YAML file, e.g. campaigns/smoke.yaml)")
     spec = CampaignSpec.from_yaml(path)
     spec.validate()
+    missing = unloadable_models(spec)  # type: ignore[arg-type]
+    if missing:
+        raise ConfigError(f"{path}: " + "; ".join(missing))
     return spec  # type: ignore[return-value]
 
 
@@ -330,4 +360,19 @@ __all__ = [
     "ModelSpec",
     "RecipeSpec",
     "load_spec",
+    "unloadable_models",
 ]
+
+
+SPEC_FILE = "campaign.yaml"
+"""The spec a campaign folder was planned from, saved in the folder."""
+
+
+def load_campaign(campaign_dir: str | Path) -> CampaignSpec:
+    """The spec a campaign folder was run with, validated."""
+    saved = Path(campaign_dir) / SPEC_FILE
+    if not saved.is_file():
+        raise AletheiaError(f"{campaign_dir} is not a campaign folder (no {SPEC_FILE}); "
+                            "start one with: aletheia campaign run SPEC --output DIR")
+    spec = CampaignSpec.from_dict(load_yaml_file(saved, "campaign spec"))
+    return spec.validate()  # type: ignore[return-value]

@@ -39,14 +39,56 @@ def _is_adapter(path: Path) -> bool:
     return (path / "adapter_config.json").is_file()
 
 
+def check_adapter(folder: Path) -> Path:
+    """Refuse an adapter folder whose files cannot load (broken config, missing, garbage or unsafe
+    weights) with one line, before the base model is loaded."""
+    import json as _json
+
+    try:
+        config = _json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise AletheiaError(f"{folder / 'adapter_config.json'} is not a readable JSON file "
+                            f"({exc}); pass an adapter folder written by aletheia train") from None
+    if not isinstance(config, dict):
+        raise AletheiaError(f"{folder / 'adapter_config.json'} must hold a JSON object")
+    st, binary = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
+    if st.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(st), framework="pt") as fh:
+                fh.keys()
+        except Exception as exc:  # noqa: BLE001 - any failure to read the header: unusable
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise AletheiaError(f"{st} is not a valid safetensors file ({first}); the adapter is "
+                                "corrupt: train it again") from None
+    elif binary.is_file():
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # torch warns on the way to refusing: one line is ours
+                warnings.simplefilter("ignore")
+                torch.load(binary, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - refused or unreadable: either way unusable
+            raise AletheiaError(f"{binary} cannot be loaded safely as plain tensors (torch's "
+                                "weights-only loader refused it: pickled Python objects, or not a "
+                                "checkpoint at all); it is not an adapter written by aletheia "
+                                "train") from None
+    else:
+        raise AletheiaError(f"{folder} holds adapter_config.json but no adapter weights "
+                            "(adapter_model.safetensors); the run did not finish: train it again")
+    return folder
+
+
 def find_adapters(path: str | Path) -> dict[str, Path]:
     """A run folder (``{name: folder}``), or a ``compare`` folder holding ``standard/`` and ``aletheia/``."""
     p = Path(path).expanduser()
     if not p.is_dir():
         raise AletheiaError(f"adapter folder not found: {p} (pass a run folder written by aletheia train/compare)")
     if _is_adapter(p):
-        return {"adapter": p}
-    found = {name: p / name for name in ("standard", "aletheia") if _is_adapter(p / name)}
+        return {"adapter": check_adapter(p)}
+    found = {name: check_adapter(p / name) for name in ("standard", "aletheia")
+             if _is_adapter(p / name)}
     if not found:
         raise AletheiaError(f"{p} holds no adapter (adapter_config.json); pass a run folder from aletheia train "
                             "or a compare folder with standard/ and aletheia/")
@@ -90,9 +132,16 @@ def evaluate_models(
         from peft import PeftModel
 
         names = list(adapters)
-        lm = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
-        for name in names[1:]:
-            lm.load_adapter(str(adapters[name]), adapter_name=name)
+        current = adapters[names[0]]
+        try:
+            lm = PeftModel.from_pretrained(base, str(current), adapter_name=names[0])
+            for name in names[1:]:
+                current = adapters[name]
+                lm.load_adapter(str(current), adapter_name=name)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # corrupt, or another model's
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise AletheiaError(f"could not load the adapter in {current}: {first[:200]} "
+                                f"(was it trained on {source}?)") from None
     tasks = list(cfg.tasks)
     log(f"evaluating base model {source} on {', '.join(tasks)}")
     with lm.disable_adapter() if adapters else nullcontext():

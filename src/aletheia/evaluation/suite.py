@@ -8,12 +8,38 @@ compare --eval`` and the campaign runner all call it, so every caller measures t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import DataConfig, _Config
+from ..errors import AletheiaError
+from ..registry import Registry
+from .gsm8k import evaluate_gsm8k
+from .heldout import evaluate_heldout
+from .humaneval import evaluate_humaneval
+from .lmeval_backend import lmeval_gsm8k, lmeval_mmlu
+from .mmlu import evaluate_mmlu
 
-TASKS = ("mmlu", "gsm8k", "humaneval", "heldout")  # keys of ``BENCHMARKS`` below
+BenchmarkFn = Callable[..., dict[str, Any]]
+"""``fn(model, tokenizer, cfg: EvalConfig, progress) -> dict`` of the task's numbers."""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    native: BenchmarkFn
+    """Our implementation."""
+    lm_eval: BenchmarkFn | None = None
+    """The lm-evaluation-harness one; None where the task always runs natively."""
+
+
+# humaneval and heldout always run natively (lm-eval does not sandbox code; the loss is ours).
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+BENCHMARKS.register("mmlu", Benchmark(evaluate_mmlu, lmeval_mmlu))
+BENCHMARKS.register("gsm8k", Benchmark(evaluate_gsm8k, lmeval_gsm8k))
+BENCHMARKS.register("humaneval", Benchmark(evaluate_humaneval))
+BENCHMARKS.register("heldout", Benchmark(evaluate_heldout))
+TASKS = tuple(BENCHMARKS)  # ("mmlu", "gsm8k", "humaneval", "heldout")
 BACKENDS = ("native", "lm-eval")
 GSM8K_FORMATS = ("auto", "8shot", "chat-0shot")
 
@@ -103,8 +129,6 @@ def run_suite(model, tokenizer, tasks: list[str], cfg: EvalConfig, progress: boo
     cfg.validate()
     bad = [t for t in tasks if t not in TASKS]
     if bad:
-        from ..errors import AletheiaError
-
         raise AletheiaError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
     was_training = model.training
     model.eval()
@@ -119,20 +143,7 @@ def run_suite(model, tokenizer, tasks: list[str], cfg: EvalConfig, progress: boo
     return out
 
 
-# The benchmark registry: task -> (native implementation, lm-eval implementation or None).
-# humaneval and heldout always run natively (lm-eval does not sandbox code; the loss is ours).
-BENCHMARKS: dict[str, tuple[str, str | None]] = {
-    "mmlu": ("aletheia.evaluation.mmlu:evaluate_mmlu", "aletheia.evaluation.lmeval_backend:lmeval_mmlu"),
-    "gsm8k": ("aletheia.evaluation.gsm8k:evaluate_gsm8k", "aletheia.evaluation.lmeval_backend:lmeval_gsm8k"),
-    "humaneval": ("aletheia.evaluation.humaneval:evaluate_humaneval", None),
-    "heldout": ("aletheia.evaluation.heldout:evaluate_heldout", None),
-}
-
-
 def _run_task(task: str, model, tokenizer, cfg: EvalConfig, progress: bool) -> dict[str, Any]:
-    import importlib
-
-    native, lm_eval = BENCHMARKS[task]
-    target = lm_eval if cfg.backend == "lm-eval" and lm_eval else native
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)(model, tokenizer, cfg, progress)
+    bench = BENCHMARKS.get(task)
+    run = bench.lm_eval if cfg.backend == "lm-eval" and bench.lm_eval else bench.native
+    return run(model, tokenizer, cfg, progress)

@@ -1,5 +1,12 @@
-"""The layer above the core that every verb, campaign and search writes its results through."""
+"""The layer above the core: run folders, run records and the store campaigns and searches share.
+
+Imports point down only: ``runs`` uses the core (``utils``, ``errors``, ``outputs``), and
+``campaign``, ``search`` and the CLI use ``runs``.
+"""
 
 from .folder import RunFolder, RunInterrupted, finished_run, read_state, unfinished_run
+from .record import RunRecord, finite, read_record, write_record
+from .store import RECORD_FILE, RunStore
 
-__all__ = ["RunFolder", "RunInterrupted", "finished_run", "read_state", "unfinished_run"]
+__all__ = ["RECORD_FILE", "RunFolder", "RunInterrupted", "RunRecord", "RunStore", "finished_run", "finite", "read_record",
+           "read_state", "unfinished_run", "write_record"]

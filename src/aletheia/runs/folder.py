@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import AletheiaError
-from ..outputs import check_writable
+from ..outputs import check_writable, disk_full
 from ..utils import write_json
 
 STATE_FILE = "run_state.json"
@@ -112,7 +112,8 @@ class RunFolder:
 
     ``commit(status)`` moves it into ``target``. Leaving the block without a commit (an error, a
     kill, Ctrl-C) keeps the staged files in ``target/.partial`` marked ``failed``/``interrupted``
-    and removes anything the attempt created that holds nothing.
+    and removes anything the attempt created that holds nothing; a full disk removes the staged
+    files too (no run can be finished from them, and the user must free that room).
     ``active=False`` (the non-main processes of a data-parallel launch) writes nothing.
     """
 
@@ -176,10 +177,14 @@ class RunFolder:
         self.check()
         self._mkdir(self.target)
         self._lock()
-        if self.staging.exists():  # an unfinished run the user asked (--overwrite) to discard
-            shutil.rmtree(self.staging)
-        self.staging.mkdir()
-        self._write_state(self.staging, "running")
+        try:
+            if self.staging.exists():  # an unfinished run the user asked (--overwrite) to discard
+                shutil.rmtree(self.staging)
+            self.staging.mkdir()
+            self._write_state(self.staging, "running")
+        except BaseException as exc:  # a full disk already here: release the lock, leave nothing behind
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return self.staging
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -187,7 +192,7 @@ class RunFolder:
             return False
         try:
             if not self.committed:
-                self._abandon(exc_type)
+                self._abandon(exc_type, exc)
         finally:
             self._unlock()
         return False
@@ -222,11 +227,13 @@ class RunFolder:
                 shutil.rmtree(self.target / REPLACED, ignore_errors=True)
         return self.target
 
-    def _abandon(self, exc_type) -> None:
+    def _abandon(self, exc_type, exc: BaseException | None = None) -> None:
         interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         status = "interrupted" if interrupted else "failed"
         staged = [p for p in self.staging.iterdir() if p.name != STATE_FILE] if self.staging.is_dir() else []
-        worth_keeping = any(p.name != "config.yaml" for p in staged)
+        # a run stopped by a full disk cannot be finished from its staged files: they would only hold
+        # the room the user has to free, and make the rerun ask for --overwrite
+        worth_keeping = any(p.name != "config.yaml" for p in staged) and not (exc is not None and disk_full(exc))
         if worth_keeping:
             try:
                 self._write_state(self.staging, status)

@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from ..campaign.spec import ExecutorConfig
-from ..config import AdapterConfig, DataConfig, ProbeConfig, TrainConfig, _Config, duplicate_names
+from ..config import (MAX_STEPS, AdapterConfig, DataConfig, FieldError, ProbeConfig, TrainConfig,
+                      _Config, duplicate_names)
 from ..errors import ConfigError
+
+STAGES = ("probe", "scan", "full", "push", "optuna", "ablation")
+"""The stages of a search, in the order they run."""
 
 MODULE_SETS = ("attention", "mlp", "both")
 FACTORS = ("layers", "modules", "attention_rank", "mlp_rank", "lr")
@@ -94,6 +98,9 @@ class ScanConfig(_Config):
         p = []
         if self.steps < 1:
             p.append(f"steps={self.steps} must be at least 1 (the paper: 150)")
+        elif self.steps > MAX_STEPS:
+            p.append(f"steps={self.steps} is beyond the cap of {MAX_STEPS:,} optimizer steps "
+                     "(the paper: 150)")
         if not self.arms:
             p.append("arms must list at least one arm")
         for arm in self.arms:
@@ -115,6 +122,9 @@ class FullConfig(_Config):
         p = []
         if self.steps < 1:
             p.append(f"steps={self.steps} must be at least 1 (the paper: 500)")
+        elif self.steps > MAX_STEPS:
+            p.append(f"steps={self.steps} is beyond the cap of {MAX_STEPS:,} optimizer steps "
+                     "(the paper: 500)")
         if self.candidates < 1:
             p.append(f"candidates={self.candidates} must be at least 1")
         return p
@@ -279,8 +289,11 @@ class SearchConfig(_Config):
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> SearchConfig:
         data = dict(data or {})
-        data["scan"] = _with_list(data.get("scan"), "arms", ArmSpec)
-        data["push"] = _with_list(data.get("push"), "variations", PushVariation)
+        for section, key, typ in (("scan", "arms", ArmSpec), ("push", "variations", PushVariation)):
+            try:
+                data[section] = _with_list(data.get(section), key, typ)
+            except FieldError as exc:
+                raise exc.under(section) from None
         return super().from_dict(data)  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
@@ -312,11 +325,14 @@ def _with_list(section: Any, key: str, cls: type[_Config]) -> Any:
     if not isinstance(items, list):
         raise ConfigError(f"'{key}' must be a list of mappings, got {items!r}")
     typed = []
-    for item in items:
+    for i, item in enumerate(items):
         if isinstance(item, cls):
             typed.append(item)
         elif isinstance(item, dict):
-            typed.append(cls.from_dict(item))
+            try:
+                typed.append(cls.from_dict(item))
+            except FieldError as exc:  # name the entry: 'arms[2].lr', not just 'lr'
+                raise exc.under(f"{key}[{i}]") from None
         else:
             raise ConfigError(f"each entry of '{key}' must be a mapping of {cls.__name__} keys, got {item!r}")
     return {**section, key: typed}
@@ -324,7 +340,7 @@ def _with_list(section: Any, key: str, cls: type[_Config]) -> Any:
 
 def load_search_config(path: str | Path) -> SearchConfig:
     """Read and validate a search YAML file."""
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise ConfigError(f"search config not found: {path} (pass a YAML file, e.g. configs/search-smoke.yaml)")
     cfg = SearchConfig.from_yaml(path)
     cfg.validate()

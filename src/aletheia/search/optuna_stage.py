@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AletheiaError
 from ..utils import write_json
 from .config import ArmSpec
-from .runner import Search, log, run_entries
+from .rows import log
+
+if TYPE_CHECKING:
+    from .runner import Search
 
 
 def _distributions(search: Search) -> dict[str, Any]:
@@ -90,7 +93,7 @@ def run_optuna_trials(search: Search) -> tuple[list[dict], dict]:
         if staged:
             low = search.entry("optuna", arm, cfg.scan.steps, run_id=f"optuna__t{i:03d}__s{cfg.scan.steps}", trial=i)
             save(low)
-            row = run_entries([low], cfg, search.out, "optuna", search.retry_failed)[0]
+            row = search.run([low], "optuna")[0]
             if not row["ok"]:
                 study.tell(trial, state=TrialState.FAIL)
                 trials.append({**info, "state": "failed", "reason": row.get("reason")})
@@ -103,7 +106,7 @@ def run_optuna_trials(search: Search) -> tuple[list[dict], dict]:
                 continue
         full = search.entry("optuna", arm, cfg.full.steps, run_id=f"optuna__t{i:03d}", trial=i)
         save(full)
-        row = run_entries([full], cfg, search.out, "optuna", search.retry_failed)[0]
+        row = search.run([full], "optuna")[0]
         full_rows.append(row)
         if row["ok"]:
             study.tell(trial, row["eval_loss"])

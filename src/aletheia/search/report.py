@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..utils import atomic_write_text, write_json
-from .runner import STAGES, Search, _fmt, _mean, add_speed, rank_rows
+from .config import STAGES
+from .rows import add_speed, fmt, mean, rank_rows
+
+if TYPE_CHECKING:
+    from .runner import Search
 
 REPORT_FILE = "SEARCH_REPORT.md"
 FIGURE_FILE = "search_frontier.png"
@@ -42,9 +46,9 @@ def ablation_cells(rows: list[dict]) -> list[dict]:
     out = []
     for cell, rs in sorted(cells.items()):
         out.append({**rs[0], "run_id": f"ablation__{rs[0]['arm']}", "seed": [r["seed"] for r in rs],
-                    "eval_loss": _mean([r["eval_loss"] for r in rs]),
+                    "eval_loss": mean([r["eval_loss"] for r in rs]),
                     "eval_loss_sd": _sd([r["eval_loss"] for r in rs]),
-                    "train_seconds": _mean([r["train_seconds"] for r in rs]), "n": len(rs), "ok": True})
+                    "train_seconds": mean([r["train_seconds"] for r in rs]), "n": len(rs), "ok": True})
     return out
 
 
@@ -131,7 +135,7 @@ def _settings(s: dict | None) -> str:
         return "all layers, standard rank"
     ranks = {"attention": f"attn r{s['attention_rank']}", "mlp": f"MLP r{s['mlp_rank']}",
              "both": f"attn r{s['attention_rank']} + MLP r{s['mlp_rank']}"}[s["modules"]]
-    return f"k={s['layers']}, {ranks}, lr {_fmt(float(s['lr']))}"
+    return f"k={s['layers']}, {ranks}, lr {fmt(float(s['lr']))}"
 
 
 def _table(rows: list[dict], front_ids: set[str] | None = None) -> list[str]:
@@ -201,7 +205,7 @@ def write_search_report(search: Search) -> dict:
                    f"(mean loss {bc['mean_eval_loss']:.4f})."), ""]
         elif changed:
             L += [f"**After the ablation:** the best cell over {len(cfg.ablation.seeds)} seeds changes "
-                  + ", ".join(f"{k} to {_fmt(v)}" for k, v in changed.items())
+                  + ", ".join(f"{k} to {fmt(v)}" for k, v in changed.items())
                   + f" (mean loss {bc['mean_eval_loss']:.4f}); recommended recipe: {_settings(bc['settings'])}.", ""]
         else:
             L += [(f"**After the ablation:** the winner's cell is also the best over {len(cfg.ablation.seeds)} "
@@ -276,9 +280,9 @@ def _ablation_section(a: dict, search: Search, alpha: float) -> list[str]:
     L = [f"### 6. Factorial ablation ({fa} × {fb} × {len(search.cfg.ablation.seeds)} seeds = {an['n']} runs)", "",
          f"Factors: {a['why_factors']}.", f"Other settings as the leader: {_settings(_strip(a['base']))}.", "",
          "Cell means of held-out loss (mean training seconds):", "",
-         f"| {fa} \\ {fb} | {_fmt(lb[0])} | {_fmt(lb[1])} |", "|---|---:|---:|"]
+         f"| {fa} \\ {fb} | {fmt(lb[0])} | {fmt(lb[1])} |", "|---|---:|---:|"]
     for i in (0, 1):
-        L.append(f"| {_fmt(la[i])} | " + " | ".join(
+        L.append(f"| {fmt(la[i])} | " + " | ".join(
             f"{an['cell_means'][i][j]:.4f} ({_secs(a['cell_seconds'][i][j])} s, n={an['cell_counts'][i][j]})"
             for j in (0, 1)) + " |")
     L += ["", f"| term | effect on loss | t | F(1, {an['df_resid']}) | p |", "|---|---:|---:|---:|---:|"]
@@ -286,8 +290,8 @@ def _ablation_section(a: dict, search: Search, alpha: float) -> list[str]:
         star = " *" if t["p"] < alpha else ""
         L.append(f"| {t['term']} | {t['effect']:+.4f} | {t['t']:.3f} | {t['F']:.3f} | {t['p']:.4g}{star} |")
     L += ["",
-          (f"Effect = mean loss at the second level − mean at the first ({fa}: {_fmt(la[0])} → {_fmt(la[1])}; "
-          f"{fb}: {_fmt(lb[0])} → {_fmt(lb[1])}), averaged over the other factor; the interaction effect is half "
+          (f"Effect = mean loss at the second level − mean at the first ({fa}: {fmt(la[0])} → {fmt(la[1])}; "
+          f"{fb}: {fmt(lb[0])} → {fmt(lb[1])}), averaged over the other factor; the interaction effect is half "
           "the difference between the first factor's effect at the second factor's two levels. Test: OLS on "
           "±1-coded factors and their product, two-sided t-test per coefficient on n − 4 residual degrees of "
           f"freedom (F = t², two-way ANOVA with interaction). * p < {alpha}. Seeds change data order, split and "

@@ -17,31 +17,25 @@ from __future__ import annotations
 
 import gc
 import json
-import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..campaign.executors import get_executor
 from ..campaign.models import materialize_model
-from ..campaign.runner import RECORD_FILE, RunJob, read_record, run_one
+from ..campaign.runner import RunJob, run_one
 from ..campaign.spec import ModelSpec
 from ..config import RunConfig
 from ..errors import AletheiaError
-from ..utils import atomic_write_text, write_json
+from ..outputs import check_writable
+from ..runs import RunRecord, RunStore
+from ..utils import write_json
 from .ablation import factorial_2x2
-from .config import FACTORS, ArmSpec, SearchConfig
+from .config import FACTORS, STAGES, ArmSpec, SearchConfig
+from .rows import add_speed, brief, fmt, log, mean, order, rank_rows, row_of
 
 CONFIG_FILE = "search.yaml"
 PROBE_FILE = "probe.json"
-STAGES = ("probe", "scan", "full", "push", "optuna", "ablation")
-
-
-def log(msg: str) -> None:
-    print(f"aletheia: search: {msg}", file=sys.stderr, flush=True)
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -86,72 +80,28 @@ def run_entries(entries: list[dict], cfg: SearchConfig, out: Path, stage: str,
     """Run the planned runs that have no record yet through the configured executor; return rows.
 
     ``retry_failed``: also run again those whose record says they failed."""
+    store = RunStore(out)
     jobs = [make_job(e, cfg, out) for e in entries]
     if retry_failed:
-        for j in jobs:
-            rec = read_record(j.run_dir)
-            if rec is not None and rec.get("status") != "completed":
-                (j.run_dir / RECORD_FILE).unlink()
-    todo = [j for j in jobs if read_record(j.run_dir) is None]
+        store.forget_failed(j.run_id for j in jobs)
+    todo = [j for j in jobs if store.record(j.run_id) is None]
     if todo:
         ensure_shared_probe(cfg, out, {j.seed for j in todo})
         done_before = len(jobs) - len(todo)
         count = [done_before]
 
-        def on_event(kind: str, job: RunJob, record: dict | None) -> None:
+        def on_event(kind: str, job: RunJob, record: RunRecord | None) -> None:
             if kind == "done" and record is not None:
                 count[0] += 1
-                loss = record.get("eval_loss")
-                log(f"{stage} {count[0]}/{len(jobs)} {job.run_id}: {record.get('status')}, held-out loss "
-                    f"{'-' if loss is None else f'{loss:.4f}'}, train {record.get('train_seconds') or 0:.1f}s")
+                loss = record.eval_loss
+                log(f"{stage} {count[0]}/{len(jobs)} {job.run_id}: {record.status}, held-out loss "
+                    f"{'-' if loss is None else f'{loss:.4f}'}, train {record.train_seconds or 0:.1f}s")
 
         log(f"{stage}: {len(todo)} run(s) to do, {done_before} already recorded")
         executor = get_executor(cfg.executor, out)
         for job, record in zip(todo, executor.map(run_one, todo, on_event)):
-            if read_record(job.run_dir) is None:  # the executor lost the job: record why
-                job.run_dir.mkdir(parents=True, exist_ok=True)
-                write_json(job.run_dir / RECORD_FILE, record)
-    return [row_of(e, read_record(make_job(e, cfg, out).run_dir)) for e in entries]
-
-
-def row_of(entry: dict, record: dict | None) -> dict:
-    """A planned run joined with its record: the numbers the stages and the report use."""
-    r = record or {"status": "missing"}
-    ok = r.get("status") == "completed" and _finite(r.get("eval_loss"))
-    return {**entry, "status": r.get("status"), "reason": r.get("reason"),
-            "eval_loss": r.get("eval_loss") if ok else None, "eval_loss_before": r.get("eval_loss_before"),
-            "train_seconds": r.get("train_seconds"), "step_seconds": r.get("median_step_seconds"),
-            "trainable_params": r.get("trainable_params"), "adapted_layers": r.get("selected_layers"),
-            "accuracy": r.get("accuracy"), "ok": bool(ok)}
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def add_speed(rows: list[dict], baselines: list[dict]) -> list[dict]:
-    """Speed vs standard LoRA: baseline train time / this run's, against the baseline with the same
-    steps (else the ratio of median step times)."""
-    by_steps = {b["steps"]: b for b in baselines if b["ok"] and b.get("train_seconds")}
-    any_base = next(iter(by_steps.values()), None)
-    for r in rows:
-        r["speedup"] = None
-        r["speed_basis"] = None
-        base = by_steps.get(r["steps"])
-        if base is not None and r.get("train_seconds"):
-            r["speedup"] = base["train_seconds"] / r["train_seconds"]
-            r["speed_basis"] = base["run_id"]
-        elif any_base is not None and r.get("step_seconds") and any_base.get("step_seconds"):
-            r["speedup"] = any_base["step_seconds"] / r["step_seconds"]
-            r["speed_basis"] = f"{any_base['run_id']} (median step time)"
-    return rows
-
-
-def rank_rows(rows: list[dict], decimals: int) -> list[dict]:
-    """Completed aletheia runs, best first: held-out loss rounded to ``decimals``, ties to the faster."""
-    ok = [r for r in rows if r["ok"] and r["method"] == "aletheia"]
-    return sorted(ok, key=lambda r: (round(r["eval_loss"], decimals), r.get("train_seconds") or float("inf"),
-                                     r["run_id"]))
+            store.keep_lost(job.run_id, record)
+    return [row_of(e, store.record(e["run_id"])) for e in entries]
 
 
 # --- the probe, once ----------------------------------------------------------------------------
@@ -228,13 +178,17 @@ class Search:
         return arm_entry(stage, arm, steps, self.cfg.seed if seed is None else seed, self.ranking,
                          run_id or f"{stage}__{arm.name}", **extra)
 
+    def run(self, entries: list[dict], stage: str) -> list[dict]:
+        """Run planned entries (those without a record) and return their rows."""
+        return run_entries(entries, self.cfg, self.out, stage, self.retry_failed)
+
     def rows(self, stage: str) -> list[dict]:
         """The rows of a stage's plan with their records (for the report)."""
         path = self.stage_file(stage, plan=True)
         if not path.is_file():
             return []
-        return [row_of(e, read_record(self.out / "runs" / e["run_id"]))
-                for e in json.loads(path.read_text())["runs"]]
+        store = RunStore(self.out)
+        return [row_of(e, store.record(e["run_id"])) for e in json.loads(path.read_text())["runs"]]
 
     # quick scan --------------------------------------------------------------------------------
     def scan(self) -> dict:
@@ -257,7 +211,7 @@ class Search:
         advance = [r["arm"] for r in ranked[: cfg.full.candidates]]
         failed = [r["arm"] for r in rows if not r["ok"]]
         return self.finish("scan", {
-            "ranking": [_brief(r) for r in ranked], "advance": advance, "failed": failed,
+            "ranking": [brief(r) for r in ranked], "advance": advance, "failed": failed,
             "summary": (f"{len(ranked)} arm(s) completed; top {len(advance)} by held-out loss at "
                         f"{cfg.scan.steps} steps (ties to the faster) advance: {', '.join(advance)}"),
         })
@@ -281,8 +235,8 @@ class Search:
         w = ranked[0]
         base = next((r for r in rows if r["method"] == "standard"), None)
         return self.finish("full", {
-            "ranking": [_brief(r) for r in ranked], "winner": _brief(w),
-            "baseline": _brief(base) if base else None,
+            "ranking": [brief(r) for r in ranked], "winner": brief(w),
+            "baseline": brief(base) if base else None,
             "summary": f"winner at {cfg.full.steps} steps: {w['arm']} (held-out loss {w['eval_loss']:.4f}"
                        + (f", standard LoRA {base['eval_loss']:.4f}" if base and base["ok"] else "") + ")",
         })
@@ -324,7 +278,7 @@ class Search:
         w = ranked[0]
         new = rank_rows(new_rows, self.cfg.tie_decimals)
         changed = w["stage"] == stage
-        return {"ranking": [_brief(r) for r in new], "winner": _brief(w),
+        return {"ranking": [brief(r) for r in new], "winner": brief(w),
                 "summary": (f"{'new' if changed else 'no change:'} leader {w['arm']} "
                             f"(held-out loss {w['eval_loss']:.4f} at {self.cfg.full.steps} steps)")}
 
@@ -361,7 +315,7 @@ class Search:
             for i, va in enumerate(la):
                 for j, vb in enumerate(lb):
                     arm = ArmSpec.from_dict({**winner.to_dict(), fa: va, fb: vb,
-                                             "name": f"{fa}-{_fmt(va)}__{fb}-{_fmt(vb)}"})
+                                             "name": f"{fa}-{fmt(va)}__{fb}-{fmt(vb)}"})
                     for seed in cfg.ablation.seeds:
                         entries.append(self.entry("ablation", arm, cfg.full.steps, seed=seed,
                                                   run_id=f"ablation__{arm.name}__seed{seed}", cell=[i, j]))
@@ -372,7 +326,7 @@ class Search:
         analysis = factorial_2x2([r["eval_loss"] for r in ok], [r["cell"][0] for r in ok],
                                  [r["cell"][1] for r in ok], names=(fa, fb))
         means = analysis["cell_means"]
-        times = {(i, j): _mean([r["train_seconds"] for r in ok if r["cell"] == [i, j]]) for i in (0, 1)
+        times = {(i, j): mean([r["train_seconds"] for r in ok if r["cell"] == [i, j]]) for i in (0, 1)
                  for j in (0, 1)}
         best = min(((i, j) for i in (0, 1) for j in (0, 1)),
                    key=lambda c: (round(means[c[0]][c[1]], cfg.tie_decimals), times[c] or float("inf")))
@@ -403,22 +357,22 @@ class Search:
                 by_level.setdefault(r["settings"][f], []).append(r["eval_loss"])
             if len(by_level) < 2:
                 continue
-            means = {lvl: _mean(v) for lvl, v in by_level.items()}
+            means = {lvl: mean(v) for lvl, v in by_level.items()}
             own = getattr(winner, f)
             others = {lvl: m for lvl, m in means.items() if lvl != own}
             if not others:
                 continue
             other = min(others, key=lambda lvl: (others[lvl], str(lvl)))
-            spread[f] = (max(means.values()) - min(means.values()), sorted([own, other], key=_order), means)
+            spread[f] = (max(means.values()) - min(means.values()), sorted([own, other], key=order), means)
         if len(spread) < 2:
             raise AletheiaError("ablation: fewer than two factors vary across the quick-scan arms; set "
                                 "ablation.factors in the search config, e.g. {modules: [attention, mlp], "
                                 "lr: [0.0001, 0.0002]}")
         top = sorted(spread, key=lambda f: (-spread[f][0], FACTORS.index(f)))[:2]
         why = "; ".join(
-            f"{f}: quick-scan mean loss by level " + ", ".join(f"{_fmt(k)}={v:.4f}" for k, v in
-                                                              sorted(spread[f][2].items(), key=lambda x: _order(x[0])))
-            + f" (range {spread[f][0]:.4f}); levels: the leader's {_fmt(getattr(winner, f))} and the best other"
+            f"{f}: quick-scan mean loss by level " + ", ".join(f"{fmt(k)}={v:.4f}" for k, v in
+                                                              sorted(spread[f][2].items(), key=lambda x: order(x[0])))
+            + f" (range {spread[f][0]:.4f}); levels: the leader's {fmt(getattr(winner, f))} and the best other"
             for f in top)
         return {f: spread[f][1] for f in top}, "the two factors with the largest quick-scan range: " + why
 
@@ -434,14 +388,7 @@ def _comparable(cfg: SearchConfig) -> dict:
 
 def init_search_dir(cfg: SearchConfig, out: Path) -> None:
     """Save the config, or check that a resumed search uses the same one."""
-    saved = out / CONFIG_FILE
-    if saved.is_file():
-        old = SearchConfig.from_dict(yaml.safe_load(saved.read_text()))
-        if _comparable(old) != _comparable(cfg):
-            raise AletheiaError(f"{out} holds a search with a different config ({saved}); resume it with the "
-                                "same config, or pass --output with a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, cfg.to_yaml())
+    RunStore(out).open(cfg, CONFIG_FILE, _comparable, kind="search", noun="config")
 
 
 def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = None,
@@ -457,6 +404,7 @@ def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = N
     if stop_after is not None and stop_after not in STAGES:
         raise AletheiaError(f"stop_after={stop_after!r} is not a stage; use one of {', '.join(STAGES)}")
     out = Path(output)
+    check_writable(out)  # before the probe loads the model
     init_search_dir(cfg, out)
     search = Search(cfg, out, run_probe_stage(cfg, out), retry_failed)
     for arm in cfg.scan.arms:  # fail before any training if an arm cannot fit the model
@@ -479,12 +427,6 @@ def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = N
 
 # --- small helpers ------------------------------------------------------------------------------
 
-def _brief(r: dict) -> dict:
-    keys = ("run_id", "stage", "arm", "method", "settings", "layers", "steps", "seed", "status", "eval_loss",
-            "train_seconds", "step_seconds", "speedup", "trainable_params")
-    return {k: r.get(k) for k in keys}
-
-
 def _arm_of(brief: dict) -> ArmSpec:
     return ArmSpec(name=brief["arm"], **brief["settings"])
 
@@ -496,16 +438,3 @@ def _key(arm: ArmSpec) -> tuple:
     if s["modules"] == "mlp":
         s["attention_rank"] = None
     return tuple(s.values())
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def _order(v: Any) -> tuple:
-    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
-
-
-def _mean(values: list) -> float | None:
-    vals = [v for v in values if _finite(v)]
-    return sum(vals) / len(vals) if vals else None

@@ -1,0 +1,75 @@
+"""A search's rows: each planned run joined with its ``RunRecord``, and what the stages do with them.
+
+Shared by the runner, the report and the Optuna stage, so none of them imports another's internals.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ..runs import RunRecord, finite
+
+
+def log(msg: str) -> None:
+    print(f"aletheia: search: {msg}", file=sys.stderr, flush=True)
+
+
+def row_of(entry: dict, record: RunRecord | None) -> dict:
+    """A planned run joined with its record, under the record's names (``ok``: usable loss)."""
+    if record is None:
+        return {**entry, "status": "missing", "reason": None, "eval_loss": None, "eval_loss_before": None,
+                "train_seconds": None, "median_step_seconds": None, "trainable_params": None,
+                "selected_layers": None, "accuracy": None, "ok": False}
+    ok = record.completed and finite(record.eval_loss)
+    return {**entry, "status": record.status, "reason": record.reason,
+            "eval_loss": record.eval_loss if ok else None, "eval_loss_before": record.eval_loss_before,
+            "train_seconds": record.train_seconds, "median_step_seconds": record.median_step_seconds,
+            "trainable_params": record.trainable_params, "selected_layers": record.selected_layers,
+            "accuracy": record.accuracy, "ok": bool(ok)}
+
+
+def add_speed(rows: list[dict], baselines: list[dict]) -> list[dict]:
+    """Speed vs standard LoRA: baseline train time / this run's, against the baseline with the same
+    steps (else the ratio of median step times)."""
+    by_steps = {b["steps"]: b for b in baselines if b["ok"] and b.get("train_seconds")}
+    any_base = next(iter(by_steps.values()), None)
+    for r in rows:
+        r["speedup"] = None
+        r["speed_basis"] = None
+        base = by_steps.get(r["steps"])
+        if base is not None and r.get("train_seconds"):
+            r["speedup"] = base["train_seconds"] / r["train_seconds"]
+            r["speed_basis"] = base["run_id"]
+        elif any_base is not None and r.get("median_step_seconds") and any_base.get("median_step_seconds"):
+            r["speedup"] = any_base["median_step_seconds"] / r["median_step_seconds"]
+            r["speed_basis"] = f"{any_base['run_id']} (median step time)"
+    return rows
+
+
+def rank_rows(rows: list[dict], decimals: int) -> list[dict]:
+    """Completed aletheia runs, best first: held-out loss rounded to ``decimals``, ties to the faster."""
+    ok = [r for r in rows if r["ok"] and r["method"] == "aletheia"]
+    return sorted(ok, key=lambda r: (round(r["eval_loss"], decimals), r.get("train_seconds") or float("inf"),
+                                     r["run_id"]))
+
+
+def brief(r: dict) -> dict:
+    """What a stage's decision file keeps of a row."""
+    keys = ("run_id", "stage", "arm", "method", "settings", "layers", "steps", "seed", "status", "eval_loss",
+            "train_seconds", "median_step_seconds", "speedup", "trainable_params")
+    return {k: r.get(k) for k in keys}
+
+
+def fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def order(v: Any) -> tuple:
+    """Sort key for factor levels that may be numbers or names."""
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+
+
+def mean(values: list) -> float | None:
+    vals = [v for v in values if finite(v)]
+    return sum(vals) / len(vals) if vals else None
