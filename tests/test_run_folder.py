@@ -122,7 +122,7 @@ def test_sigterm_stops_the_run_with_one_line_and_keeps_the_finished_run(finished
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
-    assert err.strip().splitlines()[-1].startswith("aletheia: error: interrupted (SIGTERM)")
+    assert err.strip().splitlines()[-1].startswith("aletheia: error: interrupted (SIGTERM")
     assert "Traceback" not in err and ".partial" in err.strip().splitlines()[-1]
     assert snapshot(finished, hidden=False) == before
     assert unfinished_run(finished)["status"] == "interrupted"

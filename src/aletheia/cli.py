@@ -7,7 +7,6 @@ User errors print one line and exit 2; anything else is a bug and keeps its trac
 from __future__ import annotations
 
 import errno
-import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -85,6 +84,7 @@ def build_config(config: Optional[Path], **flags) -> RunConfig:
     nested = {
         "data": ("data", "path"), "max_length": ("data", "max_length"),
         "steps": ("train", "steps"), "lr": ("train", "lr"), "dtype": ("train", "dtype"),
+        "save_every": ("train", "save_every"),
         "fraction": ("probe", "fraction"), "batches": ("probe", "batches"),
         "selector": ("probe", "selector"), "probe_mode": ("probe", "mode"),
         "time_budget": ("probe", "time_budget"), "tradeoff": ("probe", "tradeoff"),
@@ -187,6 +187,9 @@ def train(
     quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
     gradient_checkpointing: Optional[bool] = CheckpointingOpt, blocks_path: Optional[str] = BlocksPathOpt,
     attention_modules: Optional[str] = AttentionModulesOpt, mlp_modules: Optional[str] = MlpModulesOpt,
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N optimizer steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --output from its "
+                                "newest checkpoint."),
 ) -> None:
     """Train one method (aletheia: probe-selected layers; standard: every layer) into a run folder."""
     from .recipe import run_training
@@ -198,10 +201,10 @@ def train(
                        attention_rank=attention_rank, mlp_rank=mlp_rank, dtype=dtype,
                        accuracy_examples=accuracy_examples, quantize=quantize, device_map=device_map,
                        gradient_checkpointing=gradient_checkpointing, blocks_path=blocks_path,
-                       attention_modules=attention_modules, mlp_modules=mlp_modules)
+                       attention_modules=attention_modules, mlp_modules=mlp_modules, save_every=save_every)
     if output is None and config is None:
         cfg.output = f"runs/{cfg.method}"
-    r = run_training(cfg, progress=not quiet, device=device, overwrite=overwrite)
+    r = run_training(cfg, progress=not quiet, device=device, overwrite=overwrite, resume=resume)
     loss = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
     print(f"{r.method}: status {r.status}, {r.train_seconds:.1f}s, held-out loss "
           f"{loss(r.eval_loss_before)} -> {loss(r.eval_loss)}\nrun folder: {cfg.output}")
@@ -405,55 +408,46 @@ USER_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk qu
 # typer carries its own copy of click: its error classes are reached through the one it exports
 _CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
 UsageError, ClickException = _CLICK["UsageError"], _CLICK["ClickException"]
-_SIGNALS_SEEN: list[str] = []
-
-
-def _interrupt(signum, frame) -> None:
-    from .runs import RunInterrupted
-
-    _SIGNALS_SEEN.append(signal.Signals(signum).name)
-    raise RunInterrupted(_SIGNALS_SEEN[-1])
-
-
 def _fail(message: str, code: int = 2) -> None:
     print(f"aletheia: error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .interrupts import handle_signals, last_interruption
+    from .outputs import os_error_of
     from .runs.folder import last_abandoned
 
     _quiet_libraries()
-    _SIGNALS_SEEN.clear()
-    held = (signal.SIGINT, signal.SIGTERM)  # Slurm warns with SIGTERM before a preemption
-    previous = {s: signal.signal(s, _interrupt) for s in held}
-    try:
-        code = app(args=argv, prog_name="aletheia", standalone_mode=False)
-    except UsageError as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare verb group: show its help
-            print(exc.format_message())
-            sys.exit(2)
-        where = exc.ctx.command_path if exc.ctx else "aletheia"
-        message = " ".join(exc.format_message().split())  # one line, also for multi-line messages
-        _fail(f"{message.rstrip('.')} (see '{where} -h')", 2)
-    except ClickException as exc:
-        _fail(" ".join(exc.format_message().split()), 2)
-    except AletheiaError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        if exc.errno not in USER_ERRNOS:
-            raise
-        where = f" writing {exc.filename}" if exc.filename else ""
-        _fail(f"{USER_ERRNOS[exc.errno]}{where}; free space or choose another --output and rerun "
-              "(finished results are kept)")
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with handle_signals():  # SIGTERM (Slurm's warning before a preemption) or SIGINT: stop cleanly
+        try:
+            code = app(args=argv, prog_name="aletheia", standalone_mode=False)
+        except UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare verb group: show its help
+                print(exc.format_message())
+                sys.exit(2)
+            where = exc.ctx.command_path if exc.ctx else "aletheia"
+            message = " ".join(exc.format_message().split())  # one line, also for multi-line messages
+            _fail(f"{message.rstrip('.')} (see '{where} -h')", 2)
+        except ClickException as exc:
+            _fail(" ".join(exc.format_message().split()), 2)
+        except AletheiaError as exc:
+            _fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - an OSError, or a library's error wrapping one
+            os_exc = os_error_of(exc)
+            if os_exc is None or os_exc.errno not in USER_ERRNOS:
+                raise
+            where = f" writing {os_exc.filename}" if os_exc.filename else ""
+            _fail(f"{USER_ERRNOS[os_exc.errno]}{where}; free space or choose another --output and rerun "
+                  "(finished results are kept)")
     if code == 130:  # typer turns the interrupt into exit code 130: say what stopped and what was kept
         kept = last_abandoned()
-        _fail(f"interrupted ({_SIGNALS_SEEN[-1] if _SIGNALS_SEEN else 'SIGINT'})"
-              + (f"; nothing finished was replaced, the unfinished run is kept in {kept} (rerun with "
-                 "--overwrite to start again)" if kept else ""), 130)
+        resumable = kept is not None and any(kept.glob("checkpoints/step-*"))
+        how = "rerun the same command with --resume to continue" if resumable else \
+            "rerun with --overwrite to start again"
+        _fail(f"interrupted ({last_interruption() or 'SIGINT'})"
+              + (f"; nothing finished was replaced, the unfinished run is kept in {kept} ({how})" if kept else ""),
+              130)
     sys.exit(code or 0)
 
 

@@ -13,8 +13,8 @@ from . import distributed
 from .config import RunConfig
 from .plots import plot_probe_scores
 from .recipe import evaluate, log, prepare, probe_and_select, run_training
-from .runs import RunFolder, RunRecord
-from .selection import write_probe_json
+from .runs import RunFolder, RunRecord, finished_run, read_record, unfinished_run
+from .selection import read_probe_json, write_probe_json
 from .utils import atomic_write_text, write_json
 
 ROWS = [  # (label, key, format)
@@ -56,13 +56,16 @@ def comparison_table(std: RunRecord, ale: RunRecord, markdown: bool = False) -> 
 
 
 def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None, overwrite: bool = False,
-                eval_cfg=None) -> dict:
-    """``eval_cfg`` (an ``EvalConfig``): also benchmark base, standard and Aletheia (forgetting table)."""
+                eval_cfg=None, resume: bool = False) -> dict:
+    """``eval_cfg`` (an ``EvalConfig``): also benchmark base, standard and Aletheia (forgetting table).
+
+    ``resume``: continue an interrupted compare: a finished method is kept, an unfinished one
+    continues from its newest checkpoint, and Aletheia trains the layers the first probe chose."""
     cfg.validate()
     main = distributed.is_main_process()  # under torchrun / accelerate launch only process 0 writes
-    folder = RunFolder(cfg.output, overwrite, kind="compare", active=main)
+    folder = RunFolder(cfg.output, overwrite, kind="compare", active=main, resume=resume)
     with folder as staging:  # both runs are staged; the folder is swapped in only when all is done
-        comparison = _compare_into(staging, cfg, progress, device, eval_cfg, main)
+        comparison = _compare_into(staging, cfg, progress, device, eval_cfg, main, resume)
         folder.commit()
     table, forgetting = comparison.pop("table"), comparison.pop("forgetting_table", None)
     if main:
@@ -72,23 +75,37 @@ def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None
     return comparison
 
 
-def _compare_into(out: Path, cfg: RunConfig, progress: bool, device: str | None, eval_cfg, main: bool) -> dict:
+def _train_or_reuse(cfg: RunConfig, selection, progress: bool, device: str | None, baseline: dict,
+                    resume: bool) -> RunRecord:
+    """One method of the pair; on resume, a finished one is read back and an unfinished one continues."""
+    out = Path(cfg.output)
+    if resume and finished_run(out) is not None and (record := read_record(out / "summary.json")):
+        log(f"{cfg.method}: already finished in {out}, kept")
+        return record
+    has_checkpoint = resume and unfinished_run(out) is not None and any(out.glob(".partial/checkpoints/step-*"))
+    return run_training(cfg, selection=selection, progress=progress, device=device, baseline=baseline,
+                        overwrite=resume, resume=has_checkpoint)
+
+
+def _compare_into(out: Path, cfg: RunConfig, progress: bool, device: str | None, eval_cfg, main: bool,
+                  resume: bool = False) -> dict:
     # probe once on the base model and measure it before any training
     ws = prepare(cfg, device)
-    selection = probe_and_select(cfg, ws, progress)
+    recorded = resume and (out / "probe.json").is_file()
+    selection = read_probe_json(out / "probe.json") if recorded else probe_and_select(cfg, ws, progress)
     log("evaluating the base model")
     baseline = evaluate(cfg, ws, ws.model, progress)
-    if main:
+    if main and not recorded:
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
         write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
         plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
     del ws
 
     # the paired runs: same seed, data, split and steps
-    std = run_training(cfg.replace(method="standard", output=str(out / "standard")),
-                       progress=progress, device=device, baseline=baseline)
-    ale = run_training(cfg.replace(method="aletheia", output=str(out / "aletheia")), selection=selection,
-                       progress=progress, device=device, baseline=baseline)
+    std = _train_or_reuse(cfg.replace(method="standard", output=str(out / "standard")), None, progress,
+                          device, baseline, resume)
+    ale = _train_or_reuse(cfg.replace(method="aletheia", output=str(out / "aletheia")), selection, progress,
+                          device, baseline, resume)
 
     speedup = std.train_seconds / ale.train_seconds if ale.train_seconds else None
     comparison = {

@@ -386,6 +386,10 @@ class TrainConfig(_Config):
     """Print a progress line every N steps (metrics.jsonl records every step)."""
     tensorboard: bool = False
     """Also write metrics to TensorBoard (needs the ``tensorboard`` package)."""
+    save_every: int | None = None
+    """Write a checkpoint every N optimizer steps (None: only when SIGTERM/SIGINT stops the run)."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted as new ones are written."""
 
     def problems(self) -> list[str]:
         p = []
@@ -412,6 +416,11 @@ class TrainConfig(_Config):
             p.append(f"dtype={self.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
         if self.log_every < 1:
             p.append(f"log_every={self.log_every} must be at least 1")
+        if self.save_every is not None and self.save_every < 1:
+            p.append(f"save_every={self.save_every} must be at least 1 (or leave it out: no periodic "
+                     "checkpoints)")
+        if self.keep_last < 1:
+            p.append(f"keep_last={self.keep_last} must be at least 1")
         return p
 
 

@@ -273,9 +273,12 @@ def probe_batches(
 
 
 def train_batches(
-    items: list[dict[str, list[int]]], batch_size: int, seed: int, pad_id: int
+    items: list[dict[str, list[int]]], batch_size: int, seed: int, pad_id: int, skip: int = 0
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """An endless stream of shuffled batches (reshuffled each epoch, deterministic from ``seed``)."""
+    """An endless stream of shuffled batches (reshuffled each epoch, deterministic from ``seed``).
+
+    ``skip``: start after that many batches, exactly where a stream stopped (resume), without
+    building the skipped ones."""
     if not items:
         raise AletheiaError("no training example has a response token left after tokenisation")
     r = random.Random(seed)
@@ -283,6 +286,9 @@ def train_batches(
         order = list(range(len(items)))
         r.shuffle(order)
         for start in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            if skip:
+                skip -= 1
+                continue
             yield collate([items[i] for i in order[start:start + batch_size]], pad_id)
 
 

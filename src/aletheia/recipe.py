@@ -19,11 +19,12 @@ from .cost import matched_adapter, module_shapes
 from .data import (Example, eval_batches, load_examples, probe_batches, split_examples,
                    tokenize_examples)
 from .errors import AletheiaError
+from .interrupts import graceful_stop
 from .evaluation.loss import exact_match_accuracy, heldout_loss
 from .lora import aletheia_lora_config, apply_lora, found_adapters, standard_lora_config, trainable_parameters
 from .models import check_quantize, load_model_and_tokenizer
 from .runs import RunFolder, RunRecord, write_record
-from .selection import Selection, SelectionContext, select_layers, write_probe_json
+from .selection import Selection, SelectionContext, read_probe_json, select_layers, write_probe_json
 from .train import train_lora
 from .utils import (atomic_write_text, git_revision, package_versions, resolve_device, resolve_dtype,
                     set_seed, write_json)
@@ -125,24 +126,63 @@ def run_training(
     device: str | None = None,
     overwrite: bool = False,
     baseline: dict | None = None,
+    resume: bool = False,
 ) -> RunRecord:
     """Train one method and write its run folder; returns its record (``summary.json``).
 
     ``selection``: reuse a probe result (``compare`` probes once for both methods).
     ``baseline``: reuse the base model's held-out metrics instead of recomputing them.
+    ``resume``: continue the unfinished run in ``cfg.output`` from its newest checkpoint.
     """
     cfg.validate()
     main = distributed.is_main_process()  # under a data-parallel launch only process 0 writes files
-    folder = RunFolder(cfg.output, overwrite, kind=cfg.method, active=main)
+    folder = RunFolder(cfg.output, overwrite, kind=cfg.method, active=main, resume=resume)
     with folder as out:  # staged in OUTPUT/.partial until complete: nothing finished is ever lost
-        record = _train_into(out, cfg, selection, progress, device, baseline, main)
+        checkpoint = resume_point(out, cfg) if resume else None
+        if checkpoint is not None and cfg.method == "aletheia" and (out / "probe.json").is_file():
+            selection = read_probe_json(out / "probe.json")  # the layers it trained, not a new probe
+        record = _train_into(out, cfg, selection, progress, device, baseline, main, checkpoint)
         folder.commit(record.status)
     distributed.barrier()  # the run folder is complete when any process returns
     return record
 
 
+def resume_point(out: Path, cfg: RunConfig) -> Path:
+    """The newest checkpoint of the unfinished run staged in ``out``, if it was made by ``cfg``."""
+    from .checkpoint import latest
+
+    saved = out / "config.yaml"
+    if saved.is_file():
+        old = RunConfig.from_yaml(saved).to_dict()
+        new = cfg.to_dict()
+        differ = _differences(old, new, ignore={"output"})
+        if differ:
+            raise AletheiaError(f"--resume: the checkpoint in {out} was made with other settings ("
+                                + "; ".join(differ[:5]) + "); resume with the same settings, or "
+                                "drop --resume and pass --overwrite to start again")
+    found = latest(out / "checkpoints")
+    if found is None:
+        raise AletheiaError(f"--resume: the unfinished run in {out} has no checkpoint yet; rerun with "
+                            "--overwrite to start again (add --train.save_every N to checkpoint)")
+    log(f"resuming from {found.name} ({out})")
+    return found
+
+
+def _differences(old: dict, new: dict, ignore: set[str], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in ignore:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, set(), f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} then, {b!r} now")
+    return out
+
+
 def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress: bool, device: str | None,
-                baseline: dict | None, main: bool) -> RunRecord:
+                baseline: dict | None, main: bool, checkpoint: Path | None = None) -> RunRecord:
     # load
     set_seed(cfg.seed)
     ws = prepare(cfg, device)
@@ -156,7 +196,7 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
     if cfg.method == "aletheia":
         if selection is None:
             selection = probe_and_select(cfg, ws, progress)
-        if main:
+        if main and checkpoint is None:  # a resumed run keeps the probe it recorded
             write_probe_json(out / "probe.json", selection, model_path=ws.model_path, seed=cfg.seed)
         adapter = cfg.adapter
         if adapter.match_parameters:  # say what it did, also when it could not raise the rank
@@ -185,10 +225,11 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
 
     # train
     set_seed(cfg.seed)
-    result = train_lora(model, ws.train_items, cfg.train, cfg.seed, ws.tokenizer.pad_token_id,
-                        metrics_path=out / "metrics.jsonl" if main else None, dtype=ws.dtype,
-                        progress=progress and main,
-                        label=f"train ({cfg.method})")
+    with graceful_stop():  # SIGTERM/SIGINT: checkpoint at the step boundary, then stop
+        result = train_lora(model, ws.train_items, cfg.train, cfg.seed, ws.tokenizer.pad_token_id,
+                            metrics_path=out / "metrics.jsonl" if main else None, dtype=ws.dtype,
+                            progress=progress and main, label=f"train ({cfg.method})",
+                            checkpoint_dir=out / "checkpoints", resume_from=checkpoint)
     if result.status == "failed":  # no adapter is saved: a diverged one must not look usable
         log(f"run failed: {result.failure['reason']}; no adapter saved")
 
@@ -207,6 +248,7 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
         steps_done=result.steps_done, train_seconds=result.train_seconds,
         median_step_seconds=result.median_step_seconds, tokens_per_second=result.tokens_per_second,
         final_loss=result.final_loss, loss_scale=result.loss_scale, processes=result.processes,
+        resumed_from_step=result.resumed_from_step,
         peak_memory_bytes=result.peak_memory_bytes, peak_memory_kind=result.peak_memory_kind,
         probe_seconds=selection.seconds if (selection and cfg.method == "aletheia") else None,
         eval_loss_before=baseline.get("eval_loss"), eval_loss=after.get("eval_loss"),

@@ -14,6 +14,8 @@ type hints only, so ``config.py`` can check a selector name against ``SELECTORS`
 
 from __future__ import annotations
 
+import json
+
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,3 +135,8 @@ def select_layers(ctx: SelectionContext) -> Selection:
 def write_probe_json(path: str | Path, selection: Selection, **extra) -> None:
     write_json(path, {**selection.to_dict(), **extra})
 
+
+def read_probe_json(path: str | Path) -> Selection:
+    """The selection a run recorded in its ``probe.json`` (a resumed run trains the same layers)."""
+    d = json.loads(Path(path).read_text())
+    return Selection(d["selector"], d["scores"], d["selected_layers"], d["fraction"], d.get("seconds", 0.0))

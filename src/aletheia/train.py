@@ -28,8 +28,10 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import distributed
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import train_batches
+from .interrupts import RunInterrupted, stop_requested
 from .lm_loss import causal_lm_loss
 from .utils import mixed_precision
 
@@ -50,6 +52,8 @@ class TrainResult:
     """fp16 only: the loss scale at the end (it drops when scaled gradients overflow)."""
     processes: int = 1
     """Data-parallel processes that shared the steps."""
+    resumed_from_step: int | None = None
+    """The checkpoint's step when the run was resumed (the steps before it were not trained again)."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,8 +105,14 @@ def train_lora(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     label: str = "train",
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
 ) -> TrainResult:
-    """Train the trainable (adapter) parameters of ``model`` for ``cfg.steps`` optimizer steps."""
+    """Train the trainable (adapter) parameters of ``model`` for ``cfg.steps`` optimizer steps.
+
+    ``checkpoint_dir``: save a checkpoint every ``cfg.save_every`` steps, and at the step boundary
+    after a SIGTERM/SIGINT (then raise ``RunInterrupted``). ``resume_from``: a checkpoint to
+    continue from, exactly where it stopped."""
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -111,7 +121,14 @@ def train_lora(
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)
     autocast = mixed_precision(dtype, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type in ("cuda", "cpu"))
-    batches = train_batches(items, cfg.batch_size, seed, pad_id)
+    step_times, losses, tokens, failure, records, before = [], [], 0, None, [], 0.0
+    done = 0
+    if resume_from is not None:  # weights, optimizer, schedule, RNG and metrics as they were
+        history = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
+        done, records = history["step"], history["metrics"]
+        step_times, losses = [r["step_seconds"] for r in records], [r["loss"] for r in records]
+        tokens, before = history["tokens"], history["train_seconds"]
+    batches = train_batches(items, cfg.batch_size, seed, pad_id, skip=done * cfg.grad_accum)
     # data parallel: this process takes micro-batches i with i % N == rank of every step
     distributed.check_grad_accum(cfg.grad_accum)
     n_proc = distributed.world_size()
@@ -123,14 +140,15 @@ def train_lora(
 
         forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     metrics = open(metrics_path, "w") if metrics_path else None
+    if metrics:  # a resumed run's file starts with the steps it had done
+        metrics.writelines(json.dumps(r) + "\n" for r in records)
     writer = _tensorboard(metrics_path) if cfg.tensorboard and metrics_path else None
     reset_peak_memory(device)
 
     model.train()
-    step_times, losses, tokens, failure = [], [], 0, None
-    bar = tqdm(total=cfg.steps, desc=label, disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=done, desc=label, disable=not progress)
     start = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    for step in range(done + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
@@ -168,6 +186,7 @@ def train_lora(
         losses.append(step_loss)
         record = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                   "grad_norm": float(grad_norm), "step_seconds": dt}
+        records.append(record)
         if metrics:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
@@ -177,7 +196,16 @@ def train_lora(
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             bar.set_postfix(loss=f"{step_loss:.4f}")
-    train_seconds = time.perf_counter() - start
+        stop = stop_requested()
+        if checkpoint_dir is not None and (stop or (cfg.save_every and step % cfg.save_every == 0)):
+            history = {"step": step, "metrics": records, "tokens": tokens,
+                       "train_seconds": before + time.perf_counter() - start}
+            save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, scaler, history, cfg.keep_last)
+        if stop:
+            bar.close()
+            saved = "checkpoint saved" if checkpoint_dir is not None else "no checkpoint"
+            raise RunInterrupted(f"{stop} at step {step}/{cfg.steps}, {saved}")
+    train_seconds = before + time.perf_counter() - start
     bar.close()
     if metrics:
         metrics.close()
@@ -197,6 +225,7 @@ def train_lora(
         failure=failure,
         loss_scale=float(scaler.get_scale()) if scaler.is_enabled() else None,
         processes=n_proc,
+        resumed_from_step=done if resume_from is not None else None,
     )
 
 

@@ -167,16 +167,18 @@ def run_one(job: RunJob) -> RunRecord:
     """Run one job into its folder and return its record; a finished run returns its saved record.
 
     Never raises for a failed run: the error becomes the record's ``reason`` (the traceback goes to
-    ``error.txt``). ``KeyboardInterrupt`` and kills leave no record, so the run is redone next time.
+    ``error.txt``). ``KeyboardInterrupt`` and kills leave no record, so the run is done again next
+    time: from its newest checkpoint when it has one (``train.save_every``, or a SIGTERM), else anew.
     """
     rd = job.run_dir
     done = read_record(rd)
     if done is not None:
         return done
+    resumable = any((rd / ".partial" / "checkpoints").glob("step-*"))
     try:
-        if rd.exists():  # an interrupted attempt: start clean so no stale file survives
+        if rd.exists() and not resumable:  # an interrupted attempt: start clean, no stale file survives
             shutil.rmtree(rd)
-        rd.mkdir(parents=True)
+        rd.mkdir(parents=True, exist_ok=resumable)
         write_json(rd / STARTED_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now(),
                                        "started_unix": time.time()})
         logfile = open(rd / "log.txt", "w")
@@ -187,7 +189,7 @@ def run_one(job: RunJob) -> RunRecord:
     try:
         with contextlib.redirect_stderr(logfile):
             try:
-                record = _execute(job)
+                record = _execute(job, resume=resumable)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded, the campaign goes on
                 try:
                     (rd / "error.txt").write_text(traceback.format_exc())
@@ -222,7 +224,7 @@ def _reason(exc: BaseException) -> str:
     return f"{full} ({reason}); free space and rerun with --retry-failed" if full else reason
 
 
-def _execute(job: RunJob) -> RunRecord:
+def _execute(job: RunJob, resume: bool = False) -> RunRecord:
     """load → (reuse the probe) → train → evaluate → record: run_training does the work."""
     from ..recipe import run_training
 
@@ -245,7 +247,7 @@ def _execute(job: RunJob) -> RunRecord:
     baseline = _read_json(shared / "baseline.json")
 
     trained = run_training(cfg, selection=selection, progress=False, device=job.device,
-                           overwrite=True, baseline=baseline)
+                           overwrite=True, baseline=baseline, resume=resume)
 
     if cfg.method == "aletheia" and selection is None and (job.run_dir / "probe.json").is_file():
         shared.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import AletheiaError
+from ..interrupts import RunInterrupted  # noqa: F401 (re-exported)
 from ..outputs import check_writable, disk_full
 from ..utils import write_json
 
@@ -52,10 +53,6 @@ _ABANDONED: list[Path] = []
 def last_abandoned() -> Path | None:
     """The staging folder the last unfinished run was kept in (for the CLI's one line)."""
     return _ABANDONED[-1] if _ABANDONED else None
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """SIGTERM (Slurm's warning before preemption) or SIGINT stopped the run."""
 
 
 def read_state(folder: str | Path) -> dict | None:
@@ -117,10 +114,11 @@ class RunFolder:
     ``active=False`` (the non-main processes of a data-parallel launch) writes nothing.
     """
 
-    def __init__(self, target: str | Path, overwrite: bool = False, kind: str = "run", active: bool = True):
+    def __init__(self, target: str | Path, overwrite: bool = False, kind: str = "run", active: bool = True,
+                 resume: bool = False):
         self.target = Path(target)
         self.staging = self.target / STAGING
-        self.overwrite, self.kind, self.active = overwrite, kind, active
+        self.overwrite, self.kind, self.active, self.resume = overwrite, kind, active, resume
         self._lock_fd: int | None = None
         self._created: list[Path] = []
         self.committed = False
@@ -131,6 +129,8 @@ class RunFolder:
         if not self.active:
             return self
         check_writable(self.target)
+        if self.resume:
+            return self._check_resume()
         if not self.target.is_dir():
             return self
         old = finished_run(self.target)
@@ -161,6 +161,16 @@ class RunFolder:
                                     "choose another --output")
         return self
 
+    def _check_resume(self) -> "RunFolder":
+        pending = unfinished_run(self.target) if self.target.is_dir() else None
+        if pending is None:
+            done = finished_run(self.target) if self.target.is_dir() else None
+            why = "already holds a finished run" if done else "holds no unfinished run"
+            raise AletheiaError(f"--resume: {self.target} {why}; drop --resume to start a new run")
+        if pending["status"] == "running":
+            raise AletheiaError(self._busy_message())
+        return self
+
     def _busy_message(self) -> str:
         holder = ""
         try:
@@ -178,9 +188,9 @@ class RunFolder:
         self._mkdir(self.target)
         self._lock()
         try:
-            if self.staging.exists():  # an unfinished run the user asked (--overwrite) to discard
+            if self.staging.exists() and not self.resume:  # an unfinished run --overwrite discards
                 shutil.rmtree(self.staging)
-            self.staging.mkdir()
+            self.staging.mkdir(exist_ok=self.resume)
             self._write_state(self.staging, "running")
         except BaseException as exc:  # a full disk already here: release the lock, leave nothing behind
             self.__exit__(type(exc), exc, exc.__traceback__)
@@ -233,7 +243,9 @@ class RunFolder:
         staged = [p for p in self.staging.iterdir() if p.name != STATE_FILE] if self.staging.is_dir() else []
         # a run stopped by a full disk cannot be finished from its staged files: they would only hold
         # the room the user has to free, and make the rerun ask for --overwrite
-        worth_keeping = any(p.name != "config.yaml" for p in staged) and not (exc is not None and disk_full(exc))
+        resumable = any((self.staging / "checkpoints").glob("step-*"))  # never thrown away
+        worth_keeping = resumable or (any(p.name != "config.yaml" for p in staged)
+                                      and not (exc is not None and disk_full(exc)))
         if worth_keeping:
             try:
                 self._write_state(self.staging, status)

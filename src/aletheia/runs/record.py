@@ -70,6 +70,8 @@ class RunRecord:
     final_loss: float | None = None
     loss_scale: float | None = None
     processes: int | None = None
+    resumed_from_step: int | None = None
+    """Set when the run continued from a checkpoint: the steps before it came from that checkpoint."""
     peak_memory_bytes: int | None = None
     peak_memory_kind: str | None = None
     probe_seconds: float | None = None
