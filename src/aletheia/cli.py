@@ -496,38 +496,34 @@ def _run(argv: list[str]) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .interrupts import handle_signals
+    from .interrupts import handle_signals, last_interruption
     from .outputs import os_error_of
-    from .runs.folder import last_abandoned
+    from .runs.folder import clear_abandoned, last_abandoned
 
     _quiet_libraries()
-    signals = handle_signals()  # SIGTERM (Slurm's warning before a preemption) or SIGINT: stop cleanly
-    signals.__enter__()
-    try:
-        code = _run(sys.argv[1:] if argv is None else list(argv))
-    except AletheiaError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:  # SIGINT, or SIGTERM through handle_signals: exit code 130, as before
-        code = 130
-    except Exception as exc:  # noqa: BLE001 - an OSError, or a library's error wrapping one
-        os_exc = os_error_of(exc)
-        if os_exc is None or os_exc.errno not in USER_ERRNOS:
-            raise
-        where = f" writing {os_exc.filename}" if os_exc.filename else ""
-        _fail(f"{USER_ERRNOS[os_exc.errno]}{where}; free space or choose another --output and "
-              "rerun (finished results are kept)")
-    finally:
-        signals.__exit__(None, None, None)
-    if code == 130:  # an interrupt: say what stopped and what was kept
-        from .interrupts import last_interruption
-
+    clear_abandoned()  # this command's unfinished run, not an earlier one's in the same process
+    with handle_signals():  # SIGTERM (Slurm's warning before a preemption) or SIGINT: stop cleanly
+        try:
+            code = _run(sys.argv[1:] if argv is None else list(argv))
+        except AletheiaError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM through handle_signals
+            code = 130
+        except Exception as exc:  # noqa: BLE001 - an OSError, or a library's error wrapping one
+            os_exc = os_error_of(exc)
+            if os_exc is None or os_exc.errno not in USER_ERRNOS:
+                raise
+            where = f" writing {os_exc.filename}" if os_exc.filename else ""
+            _fail(f"{USER_ERRNOS[os_exc.errno]}{where}; free space or choose another --output and "
+                  "rerun (finished results are kept)")
+    if code == 130:  # an interrupt: say what stopped it and what was kept
         kept = last_abandoned()
-        what = last_interruption() or "SIGINT"
         resumable = kept is not None and any(kept.glob("checkpoints/step-*"))
         how = ("rerun the same command with --resume to continue" if resumable
                else "rerun with --overwrite to start again")
-        _fail(f"interrupted ({what})" + (f"; nothing finished was replaced, the unfinished run is kept in "
-                                         f"{kept} ({how})" if kept else ""), 130)
+        _fail(f"interrupted ({last_interruption() or 'SIGINT'})"
+              + (f"; nothing finished was replaced, the unfinished run is kept in {kept} ({how})"
+                 if kept else ""), 130)
     sys.exit(code or 0)
 
 

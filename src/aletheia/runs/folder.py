@@ -50,6 +50,10 @@ LEGACY_MARKERS = ("summary.json", "comparison.json")
 _ABANDONED: list[Path] = []
 
 
+def clear_abandoned() -> None:
+    _ABANDONED.clear()
+
+
 def last_abandoned() -> Path | None:
     """The staging folder the last unfinished run was kept in (for the CLI's one line)."""
     return _ABANDONED[-1] if _ABANDONED else None
