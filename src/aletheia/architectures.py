@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from .errors import AletheiaError
 from .registry import Registry
+from .tables import markdown_table
 
 
 @dataclass(frozen=True)
@@ -314,14 +315,14 @@ def _first_linear(block: nn.Module) -> nn.Module:
 
 def supported_table() -> str:
     """The README's table of registered families and their module names (Markdown)."""
-    rows = ["| Family | `model_type` | Examples | Blocks | Attention modules | MLP modules |",
-            "|---|---|---|---|---|---|"]
+    rows = []
     for a in ARCHITECTURES.values():
         mlp = ", ".join(f"`{m}`" for m in a.mlp)
         if a.experts:
             mlp = ", ".join(f"`{e}`" for e in a.experts) + " (3-D expert parameters)"
         if a.fan_in_fan_out:
             mlp += " (Conv1D)"
-        rows.append(f"| {a.family} | {', '.join(a.model_types)} | {a.examples} | `{a.blocks_path}` | "
-                    f"{', '.join(f'`{m}`' for m in a.attention)} | {mlp} |")
-    return "\n".join(rows)
+        rows.append([a.family, ", ".join(a.model_types), a.examples, f"`{a.blocks_path}`",
+                     ", ".join(f"`{m}`" for m in a.attention), mlp])
+    return markdown_table(["Family", "`model_type`", "Examples", "Blocks", "Attention modules", "MLP modules"],
+                          rows, "llllll")

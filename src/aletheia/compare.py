@@ -15,6 +15,7 @@ from .plots import plot_probe_scores
 from .recipe import evaluate, log, prepare, probe_and_select, run_training
 from .runs import RunFolder, RunRecord, finished_run, read_record, unfinished_run
 from .selection import read_probe_json, write_probe_json
+from .tables import markdown_table, text_table
 from .utils import atomic_write_text, write_json
 
 ROWS = [  # (label, key, format)
@@ -46,13 +47,7 @@ def comparison_table(std: RunRecord, ale: RunRecord, markdown: bool = False) -> 
     speedup = std.train_seconds / ale.train_seconds if ale.train_seconds else float("nan")
     rows.append(("speedup (std / ale time)", "1.00x", f"{speedup:.2f}x"))
     head = ("", "standard LoRA", "Aletheia")
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
-    fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
-    return "\n".join([fmt(head), "-" * (sum(widths) + 4)] + [fmt(r) for r in rows])
+    return markdown_table(head, rows) if markdown else text_table(head, rows)
 
 
 def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None, overwrite: bool = False,

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import AletheiaError
 from ..stats import mean_sd, paired_test, summarize
+from ..tables import markdown_table
 from ..utils import atomic_write_text
 from .results import BENCHMARKS, read_results_csv, write_results_csv
 
@@ -59,14 +60,6 @@ def _params(n) -> str:
         if n >= div:
             return f"{n / div:.1f}{unit}"
     return str(int(n))
-
-
-def _table(head: list[str], rows: list[list[str]], align: str | None = None) -> str:
-    align = align or "l" + "r" * (len(head) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -185,7 +178,7 @@ def speedup_table(c: Campaign) -> tuple[str, dict]:
                      _f(float(np.mean(all_std) / np.mean(all_ale)), "{:.3f}"), _p(overall.p),
                      f"{sum(x > 0 for x in sp_all)}/{len(sp_all)}"])
     head = ["Model", "Std time (s)", "Ale time (s)", "Speedup (%)", "95% CI (%)", "Ratio", "p-value", "Wins"]
-    text = _table(head, rows) if rows else "_No completed standard/aletheia pair yet._"
+    text = markdown_table(head, rows) if rows else "_No completed standard/aletheia pair yet._"
     if rows:
         text += (f"\n\nOverall paired t-test over all {overall.n} (model, seed) pairs of training times: "
                  f"t = {_f(overall.t)}, df = {overall.df}, p = {_p(overall.p)}, "
@@ -209,7 +202,7 @@ def mmlu_table(c: Campaign) -> str:
                      _msd([a["mmlu_ft"] for _, a in pairs], "{:.1f}%"),
                      _msd([a["mmlu_delta"] for _, a in pairs], "{:+.1f}pp"),
                      _msd([a["extra_forgetting"] for _, a in pairs], "{:+.1f}pp")])
-    return _table(["Model", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"], rows)
+    return markdown_table(["Model", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"], rows)
 
 
 def quality_tests(c: Campaign) -> list[list[str]]:
@@ -248,7 +241,7 @@ def benchmark_delta_table(c: Campaign) -> str:
     note = ""
     if not any(c.has_benchmark(b) for b in BENCHMARKS):
         note = f"\n\nBenchmark columns are empty: {c.benchmark_reason()}."
-    return _table(head, rows) + note
+    return markdown_table(head, rows) + note
 
 
 def compute_matched_table(c: Campaign) -> str:
@@ -266,7 +259,7 @@ def compute_matched_table(c: Campaign) -> str:
                      _msd([r.get("eval_loss_vs_standard") for r in cm], "{:+.4f}")])
     if not rows:
         return "_No completed compute-matched run._"
-    return _table(["Model", "Std loss", "Ale loss", "CM-Ale loss", "CM steps", "CM time / Std time",
+    return markdown_table(["Model", "Std loss", "Ale loss", "CM-Ale loss", "CM steps", "CM time / Std time",
                    "CM − Std loss"], rows)
 
 
@@ -290,7 +283,7 @@ def budget_table(c: Campaign) -> str:
             rows.append(row)
     if not rows:
         return "_No completed budget sweep._"
-    return _table(["Model", "Budget", "Layers", "Train time (s)", "Speedup (%)", "Eval loss", "MMLU Δ",
+    return markdown_table(["Model", "Budget", "Layers", "Train time (s)", "Speedup (%)", "Eval loss", "MMLU Δ",
                    "GSM8K Δ", "HumanEval Δ"], rows, "llrrrrrrr")
 
 
@@ -298,7 +291,7 @@ def failures_table(c: Campaign) -> str:
     failed = [r for r in c.rows if r["status"] != "completed"]
     if not failed:
         return "_None: every run completed._"
-    return _table(["Model", "Seed", "Recipe", "Budget", "Reason"],
+    return markdown_table(["Model", "Seed", "Recipe", "Budget", "Reason"],
                   [[r["model"], str(r["seed"]), r["recipe"], _f(r["budget"], "{:.0%}"), r.get("reason") or "—"]
                    for r in failed], "lrlrl")
 
@@ -515,7 +508,7 @@ def _report_md(c: Campaign, speed_md: str, files: dict) -> str:
                        _f(c.first(m, "layers"), "{:.0f}"),
                        _f(next((r["n_selected"] for r in c.ok(model=m, recipe="aletheia")), None), "{:.0f}"),
                        str(len(c.select(model=m)))])
-    out += ["## Models", "", _table(["Model", "Family", "Params", "Layers", "Aletheia layers", "Runs"], models, "llrrrr"), ""]
+    out += ["## Models", "", markdown_table(["Model", "Family", "Params", "Layers", "Aletheia layers", "Runs"], models, "llrrrr"), ""]
     out += ["## Training speedup (Aletheia vs standard LoRA, same steps)", "", speed_md,
             _img(files, "speedup", "speedup per model with 95% CI"), ""]
     out += ["## MMLU forgetting", "", mmlu_table(c), ""]
@@ -524,7 +517,7 @@ def _report_md(c: Campaign, speed_md: str, files: dict) -> str:
     if q:
         out += [("Quality, paired over all (model, seed) pairs (difference = Aletheia − standard; a win is a pair "
                 "where Aletheia is better):"), "",
-                _table(["Metric", "Pairs", "Mean diff", "95% CI", "p-value", "Cohen's d", "Aletheia better"], q), ""]
+                markdown_table(["Metric", "Pairs", "Mean diff", "95% CI", "p-value", "Cohen's d", "Aletheia better"], q), ""]
     out += [_img(files, "speed_vs_forgetting", "speed vs extra forgetting").strip(), ""]
     out += ["## Compute-matched", "", compute_matched_table(c), _img(files, "compute_matched", "compute-matched loss"),
             "", "Details: [COMPUTE_MATCHED_ANALYSIS.md](COMPUTE_MATCHED_ANALYSIS.md).", ""]
@@ -558,7 +551,7 @@ def _forgetting_md(c: Campaign) -> str:
         t = paired_test([r[1].get(f"{b}_delta") for m in c.models for r in c.pairs(m, "aletheia")],
                         [r[0].get(f"{b}_delta") for m in c.models for r in c.pairs(m, "aletheia")])
         ok = [x for x in extras if _ok(x)]
-        out += [f"## {name}", "", _table(["Model", "Seed", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"], rows), "",
+        out += [f"## {name}", "", markdown_table(["Model", "Seed", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"], rows), "",
                 (f"Extra forgetting over {t.n} pairs: mean {_f(t.mean_diff, '{:+.2f}')} pp, 95% CI "
                 f"[{_f(t.ci_low, '{:+.2f}')}, {_f(t.ci_high, '{:+.2f}')}], paired t-test p = {_p(t.p)}, "
                 f"Cohen's d = {_f(t.cohen_d)}; within ±1 pp in {sum(abs(x) <= 1 for x in ok)}/{len(ok)} pairs; "
@@ -568,7 +561,7 @@ def _forgetting_md(c: Campaign) -> str:
         for s, a in c.pairs(m, "aletheia"):
             rows.append([m, str(s["seed"]), _f(s.get("eval_loss_before"), "{:.4f}"), _f(s.get("eval_loss"), "{:.4f}"),
                          _f(a.get("eval_loss"), "{:.4f}"), _f(a.get("eval_loss_vs_standard"), "{:+.4f}")])
-    out += ["## Held-out loss", "", _table(["Model", "Seed", "Base", "Std FT", "Ale FT", "Ale − Std"], rows)
+    out += ["## Held-out loss", "", markdown_table(["Model", "Seed", "Base", "Std FT", "Ale FT", "Ale − Std"], rows)
             if rows else "_No completed pair._", ""]
     return "\n".join(out)
 
@@ -595,7 +588,7 @@ def _compute_matched_md(c: Campaign) -> str:
     if not rows:
         return "\n".join(out + ["_No completed compute-matched run._", ""])
     vs_std, vs_ale = paired_test(cm_l, std_l), paired_test(cm_l, ale_l)
-    out += [_table(["Model", "Seed", "Std steps / time", "Ale steps / time", "CM steps / time", "CM time / Std",
+    out += [markdown_table(["Model", "Seed", "Std steps / time", "Ale steps / time", "CM steps / time", "CM time / Std",
                     "Std loss", "Ale loss", "CM loss"], rows), "",
             (f"Held-out loss, compute-matched − standard over {vs_std.n} pairs: mean {_f(vs_std.mean_diff, '{:+.4f}')} "
             f"(95% CI [{_f(vs_std.ci_low, '{:+.4f}')}, {_f(vs_std.ci_high, '{:+.4f}')}], p = {_p(vs_std.p)}, "

@@ -13,6 +13,8 @@ from typing import Any
 
 from scipy.stats import binomtest
 
+from ..tables import markdown_table, text_table
+
 METRICS = [  # (label, task, key, scale, unit)
     ("MMLU accuracy", "mmlu", "accuracy", 100.0, "pp"),
     ("GSM8K strict-match", "gsm8k", "strict_match", 100.0, "pp"),
@@ -94,13 +96,7 @@ def forgetting_table(report: dict[str, Any], names: list[str], base: str = "base
         deltas = [_fmt(row["delta"].get(n), unit, signed=True) for n in others]
         extra = [_fmt(row["extra_forgetting"], unit, signed=True)] if len(others) == 2 else []
         lines.append([row["metric"], *vals, *deltas, *extra])
-    if markdown:
-        out = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in lines]
-    else:
-        widths = [max(len(r[i]) for r in lines + [head]) for i in range(len(head))]
-        fmt = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
-        out = [fmt(head), "-" * (sum(widths) + 2 * (len(head) - 1))] + [fmt(r) for r in lines]
+    out = [(markdown_table if markdown else text_table)(head, lines)]
     for pair, t in report["mcnemar_mmlu"].items():
         a, b = pair.split(" vs ")
         out.append(f"{'' if not markdown else chr(10)}MMLU McNemar {pair}: {t['only_first_correct']} right only by {a}, "

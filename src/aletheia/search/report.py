@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..utils import atomic_write_text, write_json
 from .config import STAGES
+from ..tables import markdown_table
 from .rows import add_speed, fmt, mean, rank_rows
 
 if TYPE_CHECKING:
@@ -139,15 +140,12 @@ def _settings(s: dict | None) -> str:
 
 
 def _table(rows: list[dict], front_ids: set[str] | None = None) -> list[str]:
-    lines = ["| run | recipe | held-out loss | train s | speed vs standard | trainable params | status |",
-             "|---|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        mark = " ◆" if front_ids and r["run_id"] in front_ids else ""
-        lines.append(f"| {r['arm']}{mark} | {_settings(r['settings'])} | {_loss(r['eval_loss'])} | "
-                     f"{_secs(r.get('train_seconds'))} | {_speed(r.get('speedup'))} | "
-                     f"{r.get('trainable_params') or '–'} | {r['status']}"
-                     + (f" ({r['reason']})" if r.get("reason") else "") + " |")
-    return lines
+    head = ["run", "recipe", "held-out loss", "train s", "speed vs standard", "trainable params", "status"]
+    cells = [[r["arm"] + (" ◆" if front_ids and r["run_id"] in front_ids else ""), _settings(r["settings"]),
+              _loss(r["eval_loss"]), _secs(r.get("train_seconds")), _speed(r.get("speedup")),
+              str(r.get("trainable_params") or "–"),
+              r["status"] + (f" ({r['reason']})" if r.get("reason") else "")] for r in rows]
+    return markdown_table(head, cells, "llrrrrl").splitlines()
 
 
 def write_search_report(search: Search) -> dict:
@@ -279,16 +277,13 @@ def _ablation_section(a: dict, search: Search, alpha: float) -> list[str]:
     (fa, la), (fb, lb) = a["factors"].items()
     L = [f"### 6. Factorial ablation ({fa} × {fb} × {len(search.cfg.ablation.seeds)} seeds = {an['n']} runs)", "",
          f"Factors: {a['why_factors']}.", f"Other settings as the leader: {_settings(_strip(a['base']))}.", "",
-         "Cell means of held-out loss (mean training seconds):", "",
-         f"| {fa} \\ {fb} | {fmt(lb[0])} | {fmt(lb[1])} |", "|---|---:|---:|"]
-    for i in (0, 1):
-        L.append(f"| {fmt(la[i])} | " + " | ".join(
-            f"{an['cell_means'][i][j]:.4f} ({_secs(a['cell_seconds'][i][j])} s, n={an['cell_counts'][i][j]})"
-            for j in (0, 1)) + " |")
-    L += ["", f"| term | effect on loss | t | F(1, {an['df_resid']}) | p |", "|---|---:|---:|---:|---:|"]
-    for t in an["terms"]:
-        star = " *" if t["p"] < alpha else ""
-        L.append(f"| {t['term']} | {t['effect']:+.4f} | {t['t']:.3f} | {t['F']:.3f} | {t['p']:.4g}{star} |")
+         "Cell means of held-out loss (mean training seconds):", ""]
+    cells = [[fmt(la[i])] + [f"{an['cell_means'][i][j]:.4f} ({_secs(a['cell_seconds'][i][j])} s, "
+                             f"n={an['cell_counts'][i][j]})" for j in (0, 1)] for i in (0, 1)]
+    L += markdown_table([f"{fa} \\ {fb}", fmt(lb[0]), fmt(lb[1])], cells).splitlines()
+    terms = [[t["term"], f"{t['effect']:+.4f}", f"{t['t']:.3f}", f"{t['F']:.3f}",
+              f"{t['p']:.4g}" + (" *" if t["p"] < alpha else "")] for t in an["terms"]]
+    L += ["", *markdown_table(["term", "effect on loss", "t", f"F(1, {an['df_resid']})", "p"], terms).splitlines()]
     L += ["",
           (f"Effect = mean loss at the second level − mean at the first ({fa}: {fmt(la[0])} → {fmt(la[1])}; "
           f"{fb}: {fmt(lb[0])} → {fmt(lb[1])}), averaged over the other factor; the interaction effect is half "
