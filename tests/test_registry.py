@@ -87,3 +87,21 @@ def test_benchmark_tasks_are_the_registry_keys_in_order():
     assert TASKS == ("mmlu", "gsm8k", "humaneval", "heldout")
     assert BENCHMARKS.get("humaneval").lm_eval is None  # code always runs in our sandbox
     assert BENCHMARKS.get("mmlu").lm_eval is not None
+
+
+def test_a_recipe_kind_is_a_registry_entry_and_a_new_one_plans_runs(tmp_path, monkeypatch):
+    from aletheia.campaign import CampaignSpec, plan_jobs
+    from aletheia.campaign.spec import RECIPE_KINDS, RecipeKind
+
+    def quarter(recipe, cfg, steps):  # a custom kind: Aletheia at a quarter of the steps
+        cfg.train.steps = max(1, steps // 4)
+
+    monkeypatch.setitem(RECIPE_KINDS, "quick_aletheia", RecipeKind("aletheia", lambda r: [0.5], plan=quarter))
+    spec = CampaignSpec.from_dict({"name": "k", "models": ["random:llama:4"], "seeds": [1],
+                                   "recipes": ["standard", "quick_aletheia"], "train": {"steps": 8}}).validate()
+    jobs = {j.recipe: j for j in plan_jobs(spec, tmp_path)}
+    assert jobs["quick_aletheia"].config["method"] == "aletheia"
+    assert jobs["quick_aletheia"].config["train"]["steps"] == 2 and jobs["standard"].config["train"]["steps"] == 8
+    with pytest.raises(AletheiaError, match="is not a recipe; use one of standard, aletheia"):
+        CampaignSpec.from_dict({"name": "k", "models": ["random:llama:4"], "recipes": ["standard", "nope"]}
+                               ).validate()

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..runs import RunStore
 from ..utils import atomic_write_text
-from .spec import SPEC_FILE, load_campaign
+from .spec import RECIPE_KINDS, SPEC_FILE, load_campaign
 
 BENCHMARKS = ("mmlu", "gsm8k", "humaneval")
 COLUMNS = [
@@ -29,7 +29,7 @@ COLUMNS = [
 ]
 INT_COLS = {"parameters", "layers", "n_selected", "seed", "steps", "trainable_params"}
 TEXT_COLS = {"model", "family", "selected_layers", "recipe", "status", "reason", "run_id"}
-RECIPE_ORDER = {"standard": 0, "aletheia": 1, "compute_matched": 2, "budget_sweep": 3}
+RECIPE_ORDER = {name: i for i, name in enumerate(RECIPE_KINDS)}
 
 
 def load_records(campaign_dir: str | Path) -> list[dict]:

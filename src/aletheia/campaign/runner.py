@@ -41,7 +41,7 @@ from ..runs import RunRecord, RunStore
 from ..utils import write_json
 from .executors import get_executor
 from .models import materialize_model
-from .spec import DEFAULT_FACTOR, SPEC_FILE, CampaignSpec, ModelSpec, load_campaign
+from .spec import SPEC_FILE, CampaignSpec, ModelSpec, load_campaign
 
 RECORD_FILE = "record.json"
 STARTED_FILE = "started.json"
@@ -121,7 +121,7 @@ def plan_jobs(spec: CampaignSpec, campaign_dir: str | Path) -> list[RunJob]:
 
 def _job(spec: CampaignSpec, m: ModelSpec, seed: int, recipe, budget, campaign_dir: str) -> RunJob:
     rid = run_id(m.key, seed, recipe.name, budget)
-    cfg = RunConfig(model=m.id, method="standard" if recipe.name == "standard" else "aletheia", seed=seed,
+    cfg = RunConfig(model=m.id, method=recipe.kind.method, seed=seed,
                     output=str(Path(campaign_dir) / "runs" / rid),
                     eval_accuracy_examples=spec.eval.accuracy_examples,
                     data=spec.data.replace(), probe=spec.probe.replace(layers=_copy(spec.probe.layers)),
@@ -134,12 +134,7 @@ def _job(spec: CampaignSpec, m: ModelSpec, seed: int, recipe, budget, campaign_d
         cfg.train.lr = m.lr
     if m.dtype:
         cfg.train.dtype = m.dtype
-    match = None
-    if recipe.name == "compute_matched":
-        if recipe.match == "wallclock":
-            match = "wallclock"
-        else:
-            cfg.train.steps = max(1, round(spec.train.steps * (recipe.factor or DEFAULT_FACTOR)))
+    match = recipe.kind.plan(recipe, cfg, spec.train.steps)
     return RunJob(run_id=rid, campaign_dir=campaign_dir, model=m.key, model_id=m.id, seed=seed,
                   recipe=recipe.name, budget=budget, config=cfg.to_dict(), match=match,
                   benchmarks=list(spec.eval.benchmarks), eval_options=dict(spec.eval.options),

@@ -12,15 +12,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ..config import (MAX_STEPS, AdapterConfig, DataConfig, FieldError, ProbeConfig, TrainConfig,
                       _Config, duplicate_names)
 from ..embedded import embedded_model
 from ..errors import AletheiaError, ConfigError
+from ..registry import Registry
 from ..yaml_io import load_yaml_file
 
-RECIPES = ("standard", "aletheia", "compute_matched", "budget_sweep")
 MATCH_MODES = ("factor", "wallclock")
 BENCHMARKS = ("mmlu", "gsm8k", "humaneval")
 DEFAULT_BUDGET = 0.5
@@ -101,39 +102,84 @@ class RecipeSpec(_Config):
     factor: float | None = None
     """compute_matched with ``match: factor``: step multiplier (default 1.25, the paper's 250 vs 200)."""
 
+    @property
+    def kind(self) -> "RecipeKind":
+        return RECIPE_KINDS.get(self.name)
+
     def problems(self) -> list[str]:
-        p = []
-        if self.name not in RECIPES:
-            return [f"name={self.name!r} is not a recipe; use one of {', '.join(RECIPES)}"]
+        if self.name not in RECIPE_KINDS:
+            return [f"name={self.name!r} is not a recipe; use one of {', '.join(RECIPE_KINDS)}"]
+        kind, p = self.kind, []
         if self.budget is not None:
-            if self.name not in ("aletheia", "compute_matched"):
-                p.append(f"{self.name}: 'budget' only applies to aletheia and compute_matched"
-                         + (" (use 'budgets')" if self.name == "budget_sweep" else ""))
+            if not kind.takes_budget:
+                p.append(f"{self.name}: 'budget' only applies to "
+                         + " and ".join(n for n, k in RECIPE_KINDS.items() if k.takes_budget)
+                         + (" (use 'budgets')" if kind.takes_budgets else ""))
             elif not 0.0 < self.budget <= 1.0:
                 p.append(f"{self.name}: budget={self.budget} must be in (0, 1], e.g. 0.5")
-        if self.name == "budget_sweep":
-            if not self.budgets:
-                p.append("budget_sweep: give 'budgets', e.g. [0.25, 0.75]")
-            elif any(not 0.0 < b <= 1.0 for b in self.budgets) or len(set(self.budgets)) != len(self.budgets):
-                p.append(f"budget_sweep: budgets={self.budgets} must be distinct shares in (0, 1]")
-        elif self.budgets is not None:
+        if self.budgets is not None and not kind.takes_budgets:
             p.append(f"{self.name}: 'budgets' only applies to budget_sweep")
-        if self.name == "compute_matched":
-            if self.match not in MATCH_MODES:
-                p.append(f"compute_matched: match={self.match!r} must be factor or wallclock")
-            if self.factor is not None and (self.match != "factor" or not self.factor > 0):
-                p.append("compute_matched: 'factor' must be positive and goes with match: factor")
-        elif self.factor is not None or self.match != "factor":
+        if (self.factor is not None or self.match != "factor") and not kind.takes_match:
             p.append(f"{self.name}: 'match' and 'factor' only apply to compute_matched")
-        return p
+        return p + kind.check(self)
 
     def run_budgets(self) -> list[float | None]:
         """The budgets this recipe expands to (None for the all-layer standard run)."""
-        if self.name == "standard":
-            return [None]
-        if self.name == "budget_sweep":
-            return list(self.budgets or [])
-        return [self.budget if self.budget is not None else DEFAULT_BUDGET]
+        return self.kind.budgets(self)
+
+
+@dataclass(frozen=True)
+class RecipeKind:
+    """What a recipe name means: the method that trains, the budgets it runs at, what it checks,
+    and how it changes a run's config (``plan`` returns the run's match mode, or None)."""
+
+    method: str
+    budgets: Callable[[RecipeSpec], list[float | None]]
+    check: Callable[[RecipeSpec], list[str]] = lambda r: []
+    plan: Callable[[RecipeSpec, Any, int], str | None] = lambda r, cfg, steps: None
+    takes_budget: bool = False
+    takes_budgets: bool = False
+    takes_match: bool = False
+
+
+def _one_budget(r: RecipeSpec) -> list[float | None]:
+    return [r.budget if r.budget is not None else DEFAULT_BUDGET]
+
+
+def _sweep_check(r: RecipeSpec) -> list[str]:
+    if not r.budgets:
+        return ["budget_sweep: give 'budgets', e.g. [0.25, 0.75]"]
+    if any(not 0.0 < b <= 1.0 for b in r.budgets) or len(set(r.budgets)) != len(r.budgets):
+        return [f"budget_sweep: budgets={r.budgets} must be distinct shares in (0, 1]"]
+    return []
+
+
+def _matched_check(r: RecipeSpec) -> list[str]:
+    p = []
+    if r.match not in MATCH_MODES:
+        p.append(f"compute_matched: match={r.match!r} must be factor or wallclock")
+    if r.factor is not None and (r.match != "factor" or not r.factor > 0):
+        p.append("compute_matched: 'factor' must be positive and goes with match: factor")
+    return p
+
+
+def _matched_plan(r: RecipeSpec, cfg: Any, steps: int) -> str | None:
+    """Wall-clock runs learn their steps from the paired runs; factor runs get steps x factor now."""
+    if r.match == "wallclock":
+        return "wallclock"
+    cfg.train.steps = max(1, round(steps * (r.factor or DEFAULT_FACTOR)))
+    return None
+
+
+RECIPE_KINDS: Registry[RecipeKind] = Registry("recipe")
+"""The recipe kinds, in the order tables show them. Register a new kind to add a recipe."""
+RECIPE_KINDS.register("standard", RecipeKind("standard", lambda r: [None]))
+RECIPE_KINDS.register("aletheia", RecipeKind("aletheia", _one_budget, takes_budget=True))
+RECIPE_KINDS.register("compute_matched", RecipeKind("aletheia", _one_budget, _matched_check, _matched_plan,
+                                                    takes_budget=True, takes_match=True))
+RECIPE_KINDS.register("budget_sweep", RecipeKind("aletheia", lambda r: list(r.budgets or []), _sweep_check,
+                                                 takes_budgets=True))
+RECIPES = tuple(RECIPE_KINDS)
 
 
 @dataclass
@@ -359,6 +405,8 @@ __all__ = [
     "DEFAULT_BUDGET",
     "DEFAULT_FACTOR",
     "RECIPES",
+    "RECIPE_KINDS",
+    "RecipeKind",
     "CampaignSpec",
     "EvalSuiteConfig",
     "ExecutorConfig",
