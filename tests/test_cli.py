@@ -171,7 +171,7 @@ CHOICES = {  # text fields whose valid values are a closed set: one that is not 
     "method": "standard", "probe.mode": "chunked", "probe.selector": "random",
     "adapter.modules": "mlp", "train.dtype": "float32", "memory.quantize": "4bit",
     "memory.device_map": "auto", "tasks": ["mmlu", "heldout"], "backend": "lm-eval",
-    "gsm8k_format": "8shot",
+    "gsm8k_format": "8shot", "train.report_to": ["tensorboard"],
 }
 
 

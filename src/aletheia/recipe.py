@@ -25,6 +25,7 @@ from .lora import aletheia_lora_config, apply_lora, found_adapters, standard_lor
 from .models import check_quantize, load_model_and_tokenizer
 from .runs import RunFolder, RunRecord, write_record
 from .selection import Selection, SelectionContext, read_probe_json, select_layers, write_probe_json
+from .trackers import open_trackers
 from .train import train_lora
 from .utils import (atomic_write_text, git_revision, package_versions, resolve_device, resolve_dtype,
                     set_seed, write_json)
@@ -223,20 +224,32 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
     adapted_layers = sorted({layer for layer, _ in found_adapters(model, arch.layers_pattern)})
     log(f"{cfg.method}: LoRA on {len(adapted_layers)}/{layers_total} layers, {n_trainable:,} trainable parameters")
 
-    # train
-    set_seed(cfg.seed)
-    with graceful_stop():  # SIGTERM/SIGINT: checkpoint at the step boundary, then stop
-        result = train_lora(model, ws.train_items, cfg.train, cfg.seed, ws.tokenizer.pad_token_id,
-                            metrics_path=out / "metrics.jsonl" if main else None, dtype=ws.dtype,
-                            progress=progress and main, label=f"train ({cfg.method})",
-                            checkpoint_dir=out / "checkpoints", resume_from=checkpoint)
-    if result.status == "failed":  # no adapter is saved: a diverged one must not look usable
-        log(f"run failed: {result.failure['reason']}; no adapter saved")
+    # train and evaluate, logged to the trackers (closed here, so their files are complete when the
+    # staged folder is committed)
+    names = cfg.train.tracker_names() if main else []
+    with open_trackers(names, out, run_name="/".join(Path(cfg.output).parts[-2:])) as tracker:
+        tracker.log_hparams({**cfg.to_dict(), "selected_layers": adapted_layers})
+        if cfg.method == "aletheia":
+            tracker.log_probe_scores(selection.scores, selection.layers)
+        set_seed(cfg.seed)
+        with graceful_stop():  # SIGTERM/SIGINT: checkpoint at the step boundary, then stop
+            result = train_lora(model, ws.train_items, cfg.train, cfg.seed, ws.tokenizer.pad_token_id,
+                                metrics_path=out / "metrics.jsonl" if main else None, dtype=ws.dtype,
+                                progress=progress and main, label=f"train ({cfg.method})",
+                                checkpoint_dir=out / "checkpoints", resume_from=checkpoint,
+                                tracker=tracker)
+        if result.status == "failed":  # no adapter is saved: a diverged one must not look usable
+            log(f"run failed: {result.failure['reason']}; no adapter saved")
+        after = evaluate(cfg, ws, model, progress) if result.status == "completed" else {}
+        tracker.log({"eval/loss_before": baseline.get("eval_loss"), "eval/loss": after.get("eval_loss"),
+                     "eval/accuracy_before": baseline.get("accuracy"),
+                     "eval/accuracy": after.get("accuracy")}, step=result.steps_done)
 
-    # evaluate and save
-    after = evaluate(cfg, ws, model, progress) if result.status == "completed" else {}
+    # save
     if main and result.status == "completed":
         model.save_pretrained(out)
+        if hasattr(ws.tokenizer, "save_pretrained"):  # AutoTokenizer.from_pretrained(RUN_DIR) works
+            ws.tokenizer.save_pretrained(out)
     failure = result.failure or {}
     record = RunRecord(
         method=cfg.method, seed=cfg.seed, steps=cfg.train.steps, status=result.status,

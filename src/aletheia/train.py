@@ -107,12 +107,14 @@ def train_lora(
     label: str = "train",
     checkpoint_dir: Path | None = None,
     resume_from: Path | None = None,
+    tracker=None,
 ) -> TrainResult:
     """Train the trainable (adapter) parameters of ``model`` for ``cfg.steps`` optimizer steps.
 
     ``checkpoint_dir``: save a checkpoint every ``cfg.save_every`` steps, and at the step boundary
     after a SIGTERM/SIGINT (then raise ``RunInterrupted``). ``resume_from``: a checkpoint to
-    continue from, exactly where it stopped."""
+    continue from, exactly where it stopped. ``tracker``: anything with ``log(values, step)`` (the
+    run's ``trackers.Trackers``) gets each step's metrics as ``train/<name>``, plus tokens/s."""
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -142,14 +144,13 @@ def train_lora(
     metrics = open(metrics_path, "w") if metrics_path else None
     if metrics:  # a resumed run's file starts with the steps it had done
         metrics.writelines(json.dumps(r) + "\n" for r in records)
-    writer = _tensorboard(metrics_path) if cfg.tensorboard and metrics_path else None
     reset_peak_memory(device)
 
     model.train()
     bar = tqdm(total=cfg.steps, initial=done, desc=label, disable=not progress)
     start = time.perf_counter()
     for step in range(done + 1, cfg.steps + 1):
-        t0 = time.perf_counter()
+        t0, tokens0 = time.perf_counter(), tokens
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
             batch = next(batches)  # every process draws every batch, so the streams stay aligned
@@ -190,9 +191,9 @@ def train_lora(
         if metrics:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
-        if writer:
-            for key in ("loss", "lr", "grad_norm", "step_seconds"):
-                writer.add_scalar(f"train/{key}", record[key], step)
+        if tracker is not None:  # reads numbers only: no RNG, so resumed runs stay exact
+            tracker.log({f"train/{k}": v for k, v in record.items() if k != "step"}
+                        | {"train/tokens_per_second": (tokens - tokens0) / dt}, step)
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             bar.set_postfix(loss=f"{step_loss:.4f}")
@@ -209,8 +210,6 @@ def train_lora(
     bar.close()
     if metrics:
         metrics.close()
-    if writer:
-        writer.close()
     mem, kind = peak_memory(device)
     return TrainResult(
         status="failed" if failure else "completed",
@@ -228,11 +227,3 @@ def train_lora(
         resumed_from_step=done if resume_from is not None else None,
     )
 
-
-def _tensorboard(metrics_path: str | Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        print("aletheia: tensorboard is not installed; metrics go to metrics.jsonl only", file=sys.stderr)
-        return None
-    return SummaryWriter(str(Path(metrics_path).parent / "tensorboard"))

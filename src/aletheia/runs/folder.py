@@ -222,7 +222,7 @@ class RunFolder:
             raise AletheiaError(f"the new run {status}; the finished run in {self.target} was kept and the "
                                 f"new one is in {self.staging}")
         self._write_state(self.staging, status, final=True)
-        with _signals_held():
+        with signals_held():
             if old is not None:
                 aside = self.target / REPLACED
                 if aside.exists():
@@ -310,7 +310,7 @@ class RunFolder:
 
 
 @contextmanager
-def _signals_held():
+def signals_held():
     """Hold SIGINT/SIGTERM for the few renames that swap a run in, so no signal splits them."""
     held = {signal.SIGINT, signal.SIGTERM}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
