@@ -218,3 +218,18 @@ def test_the_cli_saves_every_n_steps_and_resume_continues_after_a_kill(tiny_mode
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_step"] >= 10 and summary["steps_done"] == 300
     assert len(losses(out)) == 300
+
+
+def test_eval_every_logs_held_out_loss_during_training_and_compare_plots_both_curves(tiny_model_dir,
+                                                                                     tmp_path):
+    from aletheia.compare import run_compare
+
+    cfg = tiny_config(tiny_model_dir, tmp_path / "cmp", steps=4, save_every=None)
+    cfg = cfg.replace(train=cfg.train.replace(eval_every=2))
+    comparison = run_compare(cfg, progress=False)
+    for method in ("standard", "aletheia"):
+        records = [json.loads(x) for x in (tmp_path / "cmp" / method / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
+        assert records[-1]["eval_loss"] == pytest.approx(comparison[method]["eval_loss"], rel=1e-6)
+    assert (tmp_path / "cmp" / "loss_curves.png").stat().st_size > 10_000
+    assert "loss_curves.png" in (tmp_path / "cmp" / "comparison.md").read_text()

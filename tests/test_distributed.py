@@ -79,8 +79,8 @@ def test_compare_under_torchrun_writes_once_and_prints_one_table(tiny_model_dir,
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["standard"]["processes"] == 2 and comparison["aletheia"]["processes"] == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "aletheia", "comparison.json", "comparison.md", "config.yaml", "probe.json", "probe_scores.png",
-        "run_state.json", "standard"]
+        "aletheia", "comparison.json", "comparison.md", "config.yaml", "loss_curves.png", "probe.json",
+        "probe_scores.png", "run_state.json", "standard"]
     assert (out / "aletheia" / "summary.json").is_file() and (out / "standard" / "adapter_config.json").is_file()
 
 

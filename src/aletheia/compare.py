@@ -7,11 +7,13 @@ the output folder, and one run folder per method below it.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 from . import distributed
 from .config import RunConfig
-from .plots import plot_probe_scores
+from .plots import plot_loss_curves, plot_probe_scores
 from .recipe import evaluate, log, prepare, probe_and_select, run_training
 from .runs import RunFolder, RunRecord, finished_run, read_record, unfinished_run
 from .selection import read_probe_json, write_probe_json
@@ -117,6 +119,11 @@ def _compare_into(out: Path, cfg: RunConfig, progress: bool, device: str | None,
           + "\n\n![probe scores](probe_scores.png)\n")
     if not main:
         return comparison
+    curves = {m: _records(out / m / "metrics.jsonl") for m in ("standard", "aletheia")}
+    if all(curves.values()):  # the PNG users want: both runs' loss vs step and vs wall-clock seconds
+        plot_loss_curves(curves, out / "loss_curves.png", title=f"{Path(std.model_path).name}: "
+                         "standard LoRA vs Aletheia")
+        md += "\n![loss curves](loss_curves.png)\n"
     if eval_cfg is not None:
         from .evaluation.run import evaluate_compare
 
@@ -128,3 +135,10 @@ def _compare_into(out: Path, cfg: RunConfig, progress: bool, device: str | None,
                                           if k not in ("table", "forgetting_table")})
     atomic_write_text(out / "comparison.md", md)
     return comparison
+
+
+def _records(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []

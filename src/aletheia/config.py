@@ -394,6 +394,9 @@ class TrainConfig(_Config):
     """Write a checkpoint every N optimizer steps (None: only when SIGTERM/SIGINT stops the run)."""
     keep_last: int = 2
     """Checkpoints kept; older ones are deleted as new ones are written."""
+    eval_every: int | None = None
+    """Held-out loss every N optimizer steps (and at the last), into metrics.jsonl and the trackers.
+    None: before and after training only."""
 
     def problems(self) -> list[str]:
         p = []
@@ -425,6 +428,8 @@ class TrainConfig(_Config):
                      "checkpoints)")
         if self.keep_last < 1:
             p.append(f"keep_last={self.keep_last} must be at least 1")
+        if self.eval_every is not None and self.eval_every < 1:
+            p.append(f"eval_every={self.eval_every} must be at least 1 (or leave it out)")
         unknown = [name for name in self.report_to if name not in tracking.TRACKERS]
         if unknown:
             p.append(f"report_to={self.report_to}: unknown tracker(s) {', '.join(map(repr, unknown))}; "

@@ -32,3 +32,37 @@ def plot_probe_scores(selection: Selection, path: str | Path, title: str = "") -
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_loss_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
+    """Training and held-out loss of each run against optimizer steps and against training seconds.
+
+    ``runs``: name -> the run's ``metrics.jsonl`` records (held-out loss where ``eval_every`` put it).
+    """
+    path = Path(path)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120, sharey=True)
+    colors = {"standard": "#9aa5b1", "aletheia": "#d1495b"}
+    for name, records in runs.items():
+        color = colors.get(name)
+        steps = [r["step"] for r in records]
+        seconds, total = [], 0.0
+        for r in records:
+            total += r["step_seconds"]
+            seconds.append(total)
+        evals = [(r["step"], s, r["eval_loss"]) for r, s in zip(records, seconds) if r.get("eval_loss") is not None]
+        for ax, x in ((axes[0], steps), (axes[1], seconds)):
+            ax.plot(x, [r["loss"] for r in records], color=color, lw=0.8, alpha=0.5, label=f"{name} train")
+            if evals:
+                ex = [e[0] for e in evals] if ax is axes[0] else [e[1] for e in evals]
+                ax.plot(ex, [e[2] for e in evals], color=color, marker="o", ms=3, lw=1.6,
+                        label=f"{name} held-out")
+    axes[0].set_xlabel("optimizer step")
+    axes[1].set_xlabel("training seconds")
+    axes[0].set_ylabel("loss (nats per response token)")
+    axes[1].legend(fontsize=8, frameon=False)
+    fig.suptitle(title or "loss during training", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -231,13 +231,14 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
         tracker.log_hparams({**cfg.to_dict(), "selected_layers": adapted_layers})
         if cfg.method == "aletheia":
             tracker.log_probe_scores(selection.scores, selection.layers)
+        held_out = eval_batches(ws.eval_items, 8, ws.tokenizer.pad_token_id)
         set_seed(cfg.seed)
         with graceful_stop():  # SIGTERM/SIGINT: checkpoint at the step boundary, then stop
             result = train_lora(model, ws.train_items, cfg.train, cfg.seed, ws.tokenizer.pad_token_id,
                                 metrics_path=out / "metrics.jsonl" if main else None, dtype=ws.dtype,
                                 progress=progress and main, label=f"train ({cfg.method})",
                                 checkpoint_dir=out / "checkpoints", resume_from=checkpoint,
-                                tracker=tracker)
+                                tracker=tracker, evaluate=lambda: heldout_loss(model, held_out))
         if result.status == "failed":  # no adapter is saved: a diverged one must not look usable
             log(f"run failed: {result.failure['reason']}; no adapter saved")
         after = evaluate(cfg, ws, model, progress) if result.status == "completed" else {}

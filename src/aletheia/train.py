@@ -18,6 +18,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,13 +109,16 @@ def train_lora(
     checkpoint_dir: Path | None = None,
     resume_from: Path | None = None,
     tracker=None,
+    evaluate: Callable[[], float] | None = None,
 ) -> TrainResult:
     """Train the trainable (adapter) parameters of ``model`` for ``cfg.steps`` optimizer steps.
 
     ``checkpoint_dir``: save a checkpoint every ``cfg.save_every`` steps, and at the step boundary
     after a SIGTERM/SIGINT (then raise ``RunInterrupted``). ``resume_from``: a checkpoint to
     continue from, exactly where it stopped. ``tracker``: anything with ``log(values, step)`` (the
-    run's ``trackers.Trackers``) gets each step's metrics as ``train/<name>``, plus tokens/s."""
+    run's ``trackers.Trackers``) gets each step's metrics as ``train/<name>``, plus tokens/s.
+    ``evaluate``: the held-out loss, computed every ``cfg.eval_every`` steps and at the last step
+    (its time is not training time)."""
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -148,7 +152,7 @@ def train_lora(
 
     model.train()
     bar = tqdm(total=cfg.steps, initial=done, desc=label, disable=not progress)
-    start = time.perf_counter()
+    start, eval_seconds = time.perf_counter(), 0.0
     for step in range(done + 1, cfg.steps + 1):
         t0, tokens0 = time.perf_counter(), tokens
         step_loss = 0.0
@@ -187,26 +191,32 @@ def train_lora(
         losses.append(step_loss)
         record = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                   "grad_norm": float(grad_norm), "step_seconds": dt}
+        if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            t_eval = time.perf_counter()
+            with torch.no_grad():  # eval mode, no RNG drawn: resumed runs stay exact
+                record["eval_loss"] = evaluate()
+            eval_seconds += time.perf_counter() - t_eval
         records.append(record)
         if metrics:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
         if tracker is not None:  # reads numbers only: no RNG, so resumed runs stay exact
-            tracker.log({f"train/{k}": v for k, v in record.items() if k != "step"}
-                        | {"train/tokens_per_second": (tokens - tokens0) / dt}, step)
+            tracker.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "eval_loss")}
+                        | {"train/tokens_per_second": (tokens - tokens0) / dt}
+                        | ({"eval/loss": record["eval_loss"]} if "eval_loss" in record else {}), step)
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             bar.set_postfix(loss=f"{step_loss:.4f}")
         stop = stop_requested()
         if checkpoint_dir is not None and (stop or (cfg.save_every and step % cfg.save_every == 0)):
             history = {"step": step, "metrics": records, "tokens": tokens,
-                       "train_seconds": before + time.perf_counter() - start}
+                       "train_seconds": before + time.perf_counter() - start - eval_seconds}
             save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, scaler, history, cfg.keep_last)
         if stop:
             bar.close()
             saved = "checkpoint saved" if checkpoint_dir is not None else "no checkpoint"
             raise RunInterrupted(f"{stop} at step {step}/{cfg.steps}, {saved}")
-    train_seconds = before + time.perf_counter() - start
+    train_seconds = before + time.perf_counter() - start - eval_seconds
     bar.close()
     if metrics:
         metrics.close()
