@@ -83,6 +83,17 @@ def test_a_run_writes_into_a_folder_of_other_files_and_leaves_them_alone(tmp_pat
     assert json.loads((scratch / "summary.json").read_text())["seed"] == 7
 
 
+def test_overwrite_never_replaces_a_users_file_that_the_old_run_did_not_own(finished, tiny_model_dir, capsys):
+    state = json.loads((finished / "run_state.json").read_text())  # an old run that wrote no metrics
+    state["files"].remove("metrics.jsonl")
+    (finished / "run_state.json").write_text(json.dumps(state))
+    (finished / "metrics.jsonl").write_text("the user's own notes, under a name the new run writes\n")
+    before = snapshot(finished, hidden=False)
+    code, _, err = run_cli(train_args(tiny_model_dir, finished, "--overwrite", "--seed", "5"), capsys)
+    assert code == 2 and "metrics.jsonl" in err and "not written by its run" in err
+    assert snapshot(finished, hidden=False) == before
+
+
 def test_a_bad_model_path_with_overwrite_leaves_the_finished_run_intact(finished, capsys):
     before = snapshot(finished)
     code, _, err = run_cli(train_args("./no-model", finished, "--overwrite"), capsys)

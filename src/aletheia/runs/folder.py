@@ -157,12 +157,15 @@ class RunFolder:
                 raise AletheiaError(f"{self.target} holds an unfinished run ({pending['status']}, in "
                                     f"{self.staging}); pass --overwrite to discard it and start again, "
                                     "or choose another --output")
-        if old is None:  # a folder of other files: fine, unless a name we write is taken
-            clash = sorted(n for n in LEGACY_FILES | {STATE_FILE} if (self.target / n).exists())
-            if clash:
+        owned = set(old.get("files", [])) | {STATE_FILE} if old is not None else set()
+        clash = sorted(n for n in (LEGACY_FILES | {STATE_FILE}) - owned if (self.target / n).exists())
+        if clash:  # a name a run writes, taken by a file no run of ours owns: found before loading
+            if old is None:
                 raise AletheiaError(f"{self.target} already has {', '.join(clash[:5])}, not written by an "
                                     "Aletheia run; --overwrite replaces only a run folder Aletheia wrote; "
                                     "choose another --output")
+            raise AletheiaError(f"{self.target} has {', '.join(clash[:5])}, not written by its run; "
+                                "--overwrite replaces only the run's own files: move those and rerun")
         return self
 
     def _check_resume(self) -> "RunFolder":
@@ -221,6 +224,14 @@ class RunFolder:
             self.committed = True
             raise AletheiaError(f"the new run {status}; the finished run in {self.target} was kept and the "
                                 f"new one is in {self.staging}")
+        owned = set(old.get("files", [])) if old is not None else set()
+        clash = sorted(p.name for p in self.staging.iterdir()
+                       if p.name != STATE_FILE and p.name not in owned and (self.target / p.name).exists())
+        if clash:  # a file of the user's where the new run would put one of its own: never replace it
+            self._write_state(self.staging, "failed")
+            self.committed = True
+            raise AletheiaError(f"{self.target} has {', '.join(clash[:5])}, not written by its run; the "
+                                f"new run was kept in {self.staging}: move those files and rerun")
         self._write_state(self.staging, status, final=True)
         with signals_held():
             if old is not None:
