@@ -108,3 +108,30 @@ def save_tiny_model(path: Path) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny Llama saved with a real (byte-level BPE) tokenizer, loadable by path like a user's model."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def run_cli(args, capsys):
+    """``aletheia ARGS`` in this process: (exit code, stdout, stderr)."""
+    from aletheia.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out = capsys.readouterr()
+    return exit_info.value.code or 0, out.out, out.err
+
+
+@pytest.fixture
+def nan_model_dir(tiny_model_dir, tmp_path) -> Path:
+    """The tiny model with NaN weights: every loss it produces is non-finite (like Pythia in fp16)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path / "nan-llama"
+    shutil.copytree(tiny_model_dir, path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    model.save_pretrained(path)
+    return path

@@ -13,18 +13,11 @@ import pickle
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model
+from conftest import run_cli, save_tiny_model
 
 from aletheia.cli import main
 
 FAST = ["--batch-size", "2", "--max-length", "64", "--quiet", "--accuracy-examples", "0", "--batches", "1"]
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -47,21 +47,8 @@ def keys(rows):
 
 
 @pytest.fixture
-def broken_model_dir(tiny_model_dir, tmp_path) -> Path:
-    """The tiny model with NaN weights: every loss it produces is non-finite (like Pythia in fp16)."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = tmp_path / "nan-llama"
-    shutil.copytree(tiny_model_dir, path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(float("nan"))
-    model.save_pretrained(path)
-    return path
+def broken_model_dir(nan_model_dir) -> Path:
+    return nan_model_dir
 
 
 # --- the spec ---------------------------------------------------------------------------------

@@ -7,24 +7,18 @@ from types import SimpleNamespace
 from typing import get_args, get_origin, get_type_hints
 
 import pytest
+from conftest import run_cli
 import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from aletheia.cli import build_config, main
+from aletheia.cli import build_config
 from aletheia.config import DataConfig, RunConfig
 from aletheia.evaluation.suite import EvalConfig
 from aletheia.lora import found_adapters
 
 PROBE_FAST = ["--batch-size", "2", "--max-length", "64", "--quiet"]
 FAST = PROBE_FAST + ["--accuracy-examples", "4"]
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 def test_compare_writes_both_run_folders_and_a_table(tmp_path, tiny_model_dir, capsys):

@@ -17,10 +17,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from aletheia.campaign import run_campaign, runner
 from aletheia.campaign.results import read_results_csv
-from aletheia.cli import main
 from aletheia.runs import finished_run, unfinished_run
 
 KiB = 1024
@@ -91,13 +91,6 @@ def small_disk(tmp_path):
 def low_floor(monkeypatch):
     """Let runs start on a small disk (the up-front refusal asks for 64 MiB free)."""
     monkeypatch.setattr("aletheia.outputs.MIN_FREE_BYTES", PAGE)
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 def error_line(err: str) -> str:

@@ -13,17 +13,10 @@ import torch
 
 from aletheia import export as export_mod
 from aletheia.cli import main
-from conftest import save_tiny_model
+from conftest import run_cli, save_tiny_model
 
 FAST = ["--batch-size", "2", "--max-length", "64", "--quiet", "--accuracy-examples", "0", "--batches", "1"]
 PROMPT = torch.tensor([[1, 5, 9, 17, 33, 42, 7, 2]])
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 def one_line_exit_2(result) -> str:

@@ -14,19 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
-from aletheia.cli import main
 from aletheia.runs import RunFolder, finished_run, unfinished_run
 
 FAST = ["--batch-size", "2", "--max-length", "64", "--quiet", "--accuracy-examples", "0",
         "--batches", "1"]
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 def snapshot(folder: Path, hidden: bool = True) -> dict[str, bytes]:
@@ -212,21 +205,3 @@ def wait_for(condition, proc, timeout=120.0):
             proc.kill()
             raise AssertionError("timed out waiting for the run")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def nan_model_dir(tiny_model_dir, tmp_path) -> Path:
-    """The tiny model with NaN weights: its first loss is non-finite, so the run fails."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = tmp_path / "nan-llama"
-    shutil.copytree(tiny_model_dir, path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(float("nan"))
-    model.save_pretrained(path)
-    return path

@@ -8,18 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from aletheia import trackers
-from aletheia.cli import main
 
 FAST = ["--batch-size", "2", "--max-length", "64", "--quiet", "--accuracy-examples", "0", "--batches", "1"]
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 def train(model, out, report_to, capsys, method="aletheia"):
