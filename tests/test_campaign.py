@@ -112,6 +112,17 @@ def test_plan_one_job_per_model_seed_recipe_budget():
     assert jobs[0].run_id == "random-llama-4L__seed1__standard"
 
 
+def test_cost_aware_recipe_plans_the_cost_aware_selector_at_standard_parameters():
+    spec = tiny_spec(["random:llama:4"], recipes=["standard", "aletheia", {"name": "cost_aware", "time_budget": 0.7}])
+    job = next(j for j in plan_jobs(spec, "/tmp/c") if j.recipe == "cost_aware")
+    assert job.run_id == "random-llama-4L__seed42__cost_aware" and job.budget is None
+    assert job.config["method"] == "aletheia" and job.config["probe"]["selector"] == "cost-aware"
+    assert job.config["probe"]["time_budget"] == 0.7 and job.config["adapter"]["match_parameters"] is True
+    assert not job.reuse_probe  # its layers come from the cost model, not the shared top-k probe
+    with pytest.raises(ConfigError, match="'time_budget' only applies to cost_aware"):
+        tiny_spec(["random:llama:4"], recipes=["standard", {"name": "aletheia", "time_budget": 0.5}])
+
+
 # --- results.csv arithmetic -----------------------------------------------------------------------
 
 def test_rows_pair_each_run_with_its_standard_run():

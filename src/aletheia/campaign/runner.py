@@ -139,7 +139,7 @@ def _job(spec: CampaignSpec, m: ModelSpec, seed: int, recipe, budget, campaign_d
                   recipe=recipe.name, budget=budget, config=cfg.to_dict(), match=match,
                   benchmarks=list(spec.eval.benchmarks), eval_options=dict(spec.eval.options),
                   device=spec.device, gpus=m.gpus if m.gpus is not None else spec.executor.gpus_per_run,
-                  reuse_probe=spec.probe.selector == "gradient-norm")
+                  reuse_probe=cfg.probe.selector == "gradient-norm")
 
 
 def _copy(x):
@@ -244,7 +244,7 @@ def _execute(job: RunJob, resume: bool = False) -> RunRecord:
     trained = run_training(cfg, selection=selection, progress=False, device=job.device,
                            overwrite=True, baseline=baseline, resume=resume)
 
-    if cfg.method == "aletheia" and selection is None and (job.run_dir / "probe.json").is_file():
+    if job.reuse_probe and selection is None and (job.run_dir / "probe.json").is_file():
         shared.mkdir(parents=True, exist_ok=True)
         probe = json.loads((job.run_dir / "probe.json").read_text())
         write_json(shared / "probe.json", {**probe, "probed_by": job.run_id})

@@ -91,7 +91,7 @@ class RecipeSpec(_Config):
     """One recipe. ``standard`` is the all-layer baseline every other recipe is paired against."""
 
     name: str = "aletheia"
-    """``standard``, ``aletheia``, ``compute_matched`` or ``budget_sweep``."""
+    """``standard``, ``aletheia``, ``cost_aware``, ``compute_matched`` or ``budget_sweep``."""
     budget: float | None = None
     """aletheia / compute_matched: share of layers kept by the probe (default 0.5)."""
     budgets: list[float] | None = None
@@ -101,6 +101,9 @@ class RecipeSpec(_Config):
     paired standard run's training time, measured from the paired aletheia run's time per step)."""
     factor: float | None = None
     """compute_matched with ``match: factor``: step multiplier (default 1.25, the paper's 250 vs 200)."""
+    time_budget: float | None = None
+    """cost_aware: largest predicted step time as a share of standard LoRA's (default 0.6, the
+    setting of ``configs/cost-aware-bf16.yaml``); the MLP rank is raised to standard's parameters."""
 
     @property
     def kind(self) -> "RecipeKind":
@@ -121,6 +124,10 @@ class RecipeSpec(_Config):
             p.append(f"{self.name}: 'budgets' only applies to budget_sweep")
         if (self.factor is not None or self.match != "factor") and not kind.takes_match:
             p.append(f"{self.name}: 'match' and 'factor' only apply to compute_matched")
+        if self.time_budget is not None and self.name != "cost_aware":
+            p.append(f"{self.name}: 'time_budget' only applies to cost_aware")
+        elif self.time_budget is not None and not 0.0 < self.time_budget <= 1.0:
+            p.append(f"cost_aware: time_budget={self.time_budget} must be in (0, 1], e.g. 0.6")
         return p + kind.check(self)
 
     def run_budgets(self) -> list[float | None]:
@@ -171,10 +178,23 @@ def _matched_plan(r: RecipeSpec, cfg: Any, steps: int) -> str | None:
     return None
 
 
+DEFAULT_TIME_BUDGET = 0.6
+
+
+def _cost_aware_plan(r: RecipeSpec, cfg: Any, steps: int) -> None:
+    """The best cost-aware setting: the most gradient signal within a step-time budget, at standard
+    LoRA's parameter count (``configs/cost-aware-bf16.yaml``)."""
+    cfg.probe.selector = "cost-aware"
+    cfg.probe.time_budget = r.time_budget if r.time_budget is not None else DEFAULT_TIME_BUDGET
+    cfg.adapter.match_parameters = True
+    return None
+
+
 RECIPE_KINDS: Registry[RecipeKind] = Registry("recipe")
 """The recipe kinds, in the order tables show them. Register a new kind to add a recipe."""
 RECIPE_KINDS.register("standard", RecipeKind("standard", lambda r: [None]))
 RECIPE_KINDS.register("aletheia", RecipeKind("aletheia", _one_budget, takes_budget=True))
+RECIPE_KINDS.register("cost_aware", RecipeKind("aletheia", lambda r: [None], plan=_cost_aware_plan))
 RECIPE_KINDS.register("compute_matched", RecipeKind("aletheia", _one_budget, _matched_check, _matched_plan,
                                                     takes_budget=True, takes_match=True))
 RECIPE_KINDS.register("budget_sweep", RecipeKind("aletheia", lambda r: list(r.budgets or []), _sweep_check,
