@@ -138,6 +138,16 @@ def test_time_budget_keeps_the_most_signal_that_fits():
         choose_cost_aware(scores, cost.predict, std, time_budget=0.01)
 
 
+def test_a_budget_below_the_fastest_step_takes_the_fastest_set_when_asked():
+    scores = [3.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 2.0]
+    cost = toy_cost()
+    std = cost.predict_standard()
+    layers, info = choose_cost_aware(scores, cost.predict, std, time_budget=0.01, fallback=True)
+    fastest = min(cost.predict(list(c)) for r in range(1, 9) for c in itertools.combinations(range(8), r))
+    assert cost.predict(layers) == pytest.approx(fastest)
+    assert "below the fastest possible" in info["rule"]
+
+
 def test_tradeoff_zero_keeps_everything_and_a_large_one_keeps_little():
     scores = [1.0] * 8
     cost = toy_cost()

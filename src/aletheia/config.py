@@ -286,6 +286,9 @@ class ProbeConfig(_Config):
     """``cost-aware`` only: weight λ of step time; maximise signal kept − λ·(time / standard time)."""
     calibration_rounds: int = 3
     """``cost-aware`` only: timed steps per adapter configuration when calibrating the cost model."""
+    time_budget_fallback: bool = False
+    """``cost-aware`` with ``time_budget``: when no layer set fits the budget, take the fastest set
+    instead of stopping with an error (the campaign's ``cost_aware`` recipe sets it)."""
 
     def problems(self) -> list[str]:
         p = []

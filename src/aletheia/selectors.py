@@ -158,6 +158,7 @@ def choose_cost_aware(
     fraction: float = 0.5,
     time_budget: float | None = None,
     tradeoff: float | None = None,
+    fallback: bool = False,
 ) -> tuple[list[int], dict]:
     """Pick the layers; returns them with the numbers behind the choice.
 
@@ -165,6 +166,8 @@ def choose_cost_aware(
     - ``tradeoff`` λ: the set maximising signal_kept − λ · (step time / standard step time).
     - neither: the same number of layers as ``top_fraction`` (k), the most signal per second among
       sets no slower than the top-k set itself, so it is never predicted slower than the paper's rule.
+    ``fallback``: a ``time_budget`` below every set's time takes the fastest set (noted in the rule)
+    instead of stopping; a campaign uses it, as one budget must serve models with other fixed costs.
     """
     share = shares(scores)
 
@@ -177,12 +180,15 @@ def choose_cost_aware(
     if time_budget is not None:
         limit = time_budget * standard_time
         feasible = [c for c in cands if c[2] <= limit]
+        fastest = min(t for _, _, t in cands) / standard_time
+        if not feasible and fallback:
+            feasible = [c for c in cands if c[2] <= fastest * standard_time * (1 + 1e-9)]
         if not feasible:
-            fastest = min(t for _, _, t in cands) / standard_time
             raise AletheiaError(f"time_budget={time_budget} is below the fastest possible step "
                                 f"({fastest:.2f} of standard LoRA's); raise it above {fastest:.2f}")
         best = max(feasible, key=lambda c: (c[1], -c[2]))
-        rule = f"most signal within {time_budget:g} x standard step time"
+        rule = f"most signal within {time_budget:g} x standard step time" + (
+            f" (below the fastest possible, {fastest:.2f}: the fastest set)" if fastest > time_budget else "")
     elif tradeoff is not None:
         best = max(cands, key=lambda c: (c[1] - tradeoff * c[2] / standard_time, -c[2]))
         rule = f"max signal_kept - {tradeoff:g} x time/standard"
@@ -215,7 +221,7 @@ def cost_aware(ctx: SelectionContext) -> Selection:
     model = calibrate(ctx.model, ctx.batches, adapter, rounds=cfg.calibration_rounds, progress=ctx.progress)
     layers, info = choose_cost_aware(  # each candidate set is timed with the ranks it would train with
         result.scores, lambda s: model.predict(s, model.matched(s, adapter)), model.predict_standard(adapter),
-        cfg.fraction, cfg.time_budget, cfg.tradeoff,
+        cfg.fraction, cfg.time_budget, cfg.tradeoff, cfg.time_budget_fallback,
     )
     chosen = model.matched(layers, adapter)
     info.update(attention_rank=chosen.attention_rank, mlp_rank=chosen.mlp_rank,

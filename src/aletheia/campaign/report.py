@@ -9,34 +9,28 @@ every number comes from ``results.csv`` (itself rebuilt from the run records) or
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from ..errors import AletheiaError
 from ..stats import mean_sd, paired_test, summarize
+from ..tables import finite as _ok
 from ..tables import markdown_table
+from ..tables import num as _f
+from ..tables import p_value as _p
 from ..utils import atomic_write_text
+from . import figures
 from .results import BENCHMARKS, read_results_csv, write_results_csv
 
 BENCH_NAMES = {"mmlu": "MMLU", "gsm8k": "GSM8K", "humaneval": "HumanEval"}
+SAME_STEPS = {"aletheia": "Aletheia", "cost_aware": "Cost-aware Aletheia"}
+"""Recipes trained for the standard run's steps, each paired with it in the speed and quality tables."""
 
 
 # --- formatting ------------------------------------------------------------------------------------
-
-def _ok(x) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _f(x, fmt: str = "{:.2f}", none: str = "—") -> str:
-    return fmt.format(x) if _ok(x) else none
 
 
 def _msd(values, fmt: str = "{:.2f}") -> str:
@@ -45,12 +39,6 @@ def _msd(values, fmt: str = "{:.2f}") -> str:
         return "—"
     sd_fmt = fmt.replace("+", "").replace("%", "").replace("pp", "")
     return fmt.format(mean) + (f" ± {sd_fmt.format(sd)}" if _ok(sd) else "")
-
-
-def _p(p) -> str:
-    if not _ok(p):
-        return "—"
-    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 def _params(n) -> str:
@@ -122,6 +110,11 @@ class Campaign:
         return out
 
     @property
+    def same_steps(self) -> list[str]:
+        """The same-steps recipes this campaign ran (``SAME_STEPS``), in that order."""
+        return [r for r in SAME_STEPS if self.select(recipe=r)]
+
+    @property
     def default_budget(self) -> float | None:
         b = [r["budget"] for r in self.select(recipe="aletheia")]
         return b[0] if b else None
@@ -152,10 +145,10 @@ def _read_yaml(path: Path) -> dict | None:
 
 # --- tables ----------------------------------------------------------------------------------------
 
-def speedup_table(c: Campaign) -> tuple[str, dict]:
+def speedup_table(c: Campaign, recipe: str = "aletheia") -> tuple[str, dict]:
     rows, all_std, all_ale, per_model = [], [], [], {}
     for m in c.models:
-        pairs = c.pairs(m, "aletheia")
+        pairs = c.pairs(m, recipe)
         if not pairs:
             continue
         std = [s["train_seconds"] for s, _ in pairs]
@@ -170,7 +163,7 @@ def speedup_table(c: Campaign) -> tuple[str, dict]:
                      _msd([a["time_ratio"] for _, a in pairs], "{:.3f}"), _p(test.p),
                      f"{sum(x > 0 for x in sp)}/{len(sp)}"])
     overall = paired_test(all_std, all_ale)
-    sp_all = [a["speedup_pct"] for m in c.models for _, a in c.pairs(m, "aletheia")]
+    sp_all = [a["speedup_pct"] for m in c.models for _, a in c.pairs(m, recipe)]
     if rows:
         summ = summarize(sp_all)
         rows.append(["**Overall**", _msd(all_std), _msd(all_ale), _msd(sp_all, "{:.1f}"),
@@ -178,7 +171,7 @@ def speedup_table(c: Campaign) -> tuple[str, dict]:
                      _f(float(np.mean(all_std) / np.mean(all_ale)), "{:.3f}"), _p(overall.p),
                      f"{sum(x > 0 for x in sp_all)}/{len(sp_all)}"])
     head = ["Model", "Std time (s)", "Ale time (s)", "Speedup (%)", "95% CI (%)", "Ratio", "p-value", "Wins"]
-    text = markdown_table(head, rows) if rows else "_No completed standard/aletheia pair yet._"
+    text = markdown_table(head, rows) if rows else f"_No completed standard/{recipe} pair yet._"
     if rows:
         text += (f"\n\nOverall paired t-test over all {overall.n} (model, seed) pairs of training times: "
                  f"t = {_f(overall.t)}, df = {overall.df}, p = {_p(overall.p)}, "
@@ -188,12 +181,13 @@ def speedup_table(c: Campaign) -> tuple[str, dict]:
     return text, {"per_model": per_model, "overall": overall}
 
 
-def mmlu_table(c: Campaign) -> str:
+def mmlu_table(c: Campaign, recipe: str = "aletheia") -> str:
+    """The paper's Table 3; with per-question answers, each seed's McNemar p (standard vs this)."""
     if not c.has_benchmark("mmlu"):
         return f"_MMLU not measured: {c.benchmark_reason()}._"
-    rows = []
+    rows, mcnemar = [], any(_ok(r.get("mmlu_mcnemar_p")) for r in c.rows)
     for m in c.models:
-        pairs = c.pairs(m, "aletheia")
+        pairs = c.pairs(m, recipe)
         if not pairs or not any(_ok(a.get("mmlu_ft")) for _, a in pairs):
             continue
         rows.append([m, _msd([s["mmlu_base"] for s, _ in pairs], "{:.1f}%"),
@@ -201,13 +195,15 @@ def mmlu_table(c: Campaign) -> str:
                      _msd([s["mmlu_delta"] for s, _ in pairs], "{:+.1f}pp"),
                      _msd([a["mmlu_ft"] for _, a in pairs], "{:.1f}%"),
                      _msd([a["mmlu_delta"] for _, a in pairs], "{:+.1f}pp"),
-                     _msd([a["extra_forgetting"] for _, a in pairs], "{:+.1f}pp")])
-    return markdown_table(["Model", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"], rows)
+                     _msd([a["extra_forgetting"] for _, a in pairs], "{:+.1f}pp")]
+                    + ([" / ".join(_f(a.get("mmlu_mcnemar_p")) for _, a in pairs)] if mcnemar else []))
+    head = ["Model", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"]
+    return markdown_table(head + (["McNemar p (per seed)"] if mcnemar else []), rows)
 
 
-def quality_tests(c: Campaign) -> list[list[str]]:
-    """Paired quality comparisons (Aletheia vs standard) over all (model, seed) pairs."""
-    pairs = [p for m in c.models for p in c.pairs(m, "aletheia")]
+def quality_tests(c: Campaign, recipe: str = "aletheia") -> list[list[str]]:
+    """Paired quality comparisons (this recipe vs standard) over all (model, seed) pairs."""
+    pairs = [p for m in c.models for p in c.pairs(m, recipe)]
     out = []
     metrics: list[tuple[str, str, Callable[[float], float]]] = [("held-out loss", "eval_loss", lambda x: -x)]
     metrics += [(f"{BENCH_NAMES[b]} Δ (pp)", f"{b}_delta", lambda x: x) for b in BENCHMARKS if c.has_benchmark(b)]
@@ -223,10 +219,10 @@ def quality_tests(c: Campaign) -> list[list[str]]:
     return out
 
 
-def benchmark_delta_table(c: Campaign) -> str:
+def benchmark_delta_table(c: Campaign, recipe: str = "aletheia") -> str:
     rows = []
     for m in c.models:
-        pairs = c.pairs(m, "aletheia")
+        pairs = c.pairs(m, recipe)
         if not pairs:
             continue
         row = [m]
@@ -236,7 +232,7 @@ def benchmark_delta_table(c: Campaign) -> str:
         row.append(_msd([a.get("eval_loss_vs_standard") for _, a in pairs], "{:+.4f}"))
         rows.append(row)
     if not rows:
-        return "_No completed standard/aletheia pair yet._"
+        return f"_No completed standard/{recipe} pair yet._"
     head = ["Model", "MMLU (pp)", "GSM8K (pp)", "HumanEval (pp)", "Held-out loss"]
     note = ""
     if not any(c.has_benchmark(b) for b in BENCHMARKS):
@@ -296,153 +292,6 @@ def failures_table(c: Campaign) -> str:
                    for r in failed], "lrlrl")
 
 
-# --- figures ---------------------------------------------------------------------------------------
-
-def _colors(n: int):
-    cmap = plt.get_cmap("tab10")
-    return [cmap(i % 10) for i in range(n)]
-
-
-def fig_speedup(c: Campaign, per_model: dict, path: Path) -> Path | None:
-    if not per_model:
-        return None
-    models = list(per_model)
-    means = [per_model[m][0].mean for m in models]
-    err = np.array([[max(0.0, per_model[m][0].mean - per_model[m][0].ci_low) if _ok(per_model[m][0].ci_low) else 0.0
-                     for m in models],
-                    [max(0.0, per_model[m][0].ci_high - per_model[m][0].mean) if _ok(per_model[m][0].ci_high) else 0.0
-                     for m in models]])
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(models) + 2), 4.0), dpi=130)
-    ax.bar(range(len(models)), means, yerr=err, capsize=5, color="#2e86ab", alpha=0.85, label="mean, 95% CI")
-    for i, m in enumerate(models):
-        pts = per_model[m][2]
-        ax.scatter([i] * len(pts), pts, color="#1b1b1b", s=14, zorder=3, label="seeds" if i == 0 else None)
-    ax.axhline(0, color="#555", lw=0.8)
-    ax.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("training speedup vs standard LoRA (%)")
-    ax.set_title("Aletheia speedup per model\nbars: mean over seeds, whiskers: 95% CI, dots: seeds", fontsize=9)
-    ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
-
-
-def fig_speed_vs_forgetting(c: Campaign, path: Path) -> Path | None:
-    use_mmlu = c.has_benchmark("mmlu")
-    key = "extra_forgetting" if use_mmlu else "eval_loss_vs_standard"
-    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=130)
-    any_pt = False
-    for m, col in zip(c.models, _colors(len(c.models))):
-        pts = [(a["speedup_pct"], a.get(key)) for _, a in c.pairs(m, "aletheia")
-               if _ok(a.get("speedup_pct")) and _ok(a.get(key))]
-        if pts:
-            any_pt = True
-            ax.scatter(*zip(*pts), color=col, s=30, label=m, edgecolor="white", lw=0.5)
-    if not any_pt:
-        plt.close(fig)
-        return None
-    ax.axhline(0, color="#555", lw=0.8)
-    ax.axvline(0, color="#555", lw=0.8, ls=":")
-    ax.set_xlabel("training speedup vs standard LoRA (%)")
-    if use_mmlu:
-        ax.set_ylabel("extra forgetting: Ale MMLU Δ − Std MMLU Δ (pp)")
-        ax.set_title("Speed vs extra forgetting (one point per model and seed; up = forgot less)", fontsize=9)
-    else:
-        ax.set_ylabel("held-out loss: Aletheia − standard")
-        ax.set_title("Speed vs quality: MMLU not measured, so held-out loss difference\n"
-                     "(one point per model and seed; up = Aletheia's loss is higher)", fontsize=9)
-    ax.legend(fontsize=7, frameon=False, loc="best")
-    return _save(fig, path)
-
-
-def fig_compute_matched(c: Campaign, path: Path) -> Path | None:
-    models = [m for m in c.models if c.ok(model=m, recipe="compute_matched")]
-    if not models:
-        return None
-    recipes = [("standard", "standard LoRA", "#9aa5b1"), ("aletheia", "Aletheia (same steps)", "#2e86ab"),
-               ("compute_matched", "Aletheia compute-matched", "#d1495b")]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(models) + 2), 4.0), dpi=130)
-    width = 0.26
-    lows = []
-    for k, (recipe, label, col) in enumerate(recipes):
-        means, sds = [], []
-        for m in models:
-            mean, sd = mean_sd([r["eval_loss"] for r in c.ok(model=m, recipe=recipe)])
-            means.append(mean)
-            sds.append(sd if _ok(sd) else 0.0)
-        lows += [x - s for x, s in zip(means, sds) if _ok(x)]
-        ax.bar(np.arange(len(models)) + (k - 1) * width, means, width, yerr=sds, capsize=3, color=col, label=label)
-    if lows:
-        top = max(r["eval_loss"] for m in models for r in c.ok(model=m) if _ok(r.get("eval_loss")))
-        ax.set_ylim(min(lows) - 0.1 * (top - min(lows) + 1e-3), top + 0.15 * (top - min(lows) + 1e-3))
-    ax.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("held-out loss after training (lower is better)")
-    ax.set_title("Compute-matched Aletheia: held-out loss (mean ± SD over seeds)", fontsize=9)
-    ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
-
-
-def fig_probe_heatmap(c: Campaign, path: Path, bins: int = 240) -> Path | None:
-    """Probe score over normalised depth, one row per model (mean over seeds), 1.0 = uniform share."""
-    from ..selection import top_fraction
-
-    budget = c.default_budget or 0.5
-    rows, labels, marks = [], [], []
-    for m in c.models:
-        probes = c.probe_scores(m)
-        if not probes:
-            continue
-        L = len(probes[0][0])
-        mean_scores = np.mean([p[0] for p in probes if len(p[0]) == L], axis=0) * L
-        depth = (np.arange(bins) + 0.5) / bins
-        rows.append(mean_scores[np.minimum((depth * L).astype(int), L - 1)])
-        labels.append(f"{m} ({L} layers)")
-        marks.append([(i + 0.5) / L for i in top_fraction(list(mean_scores), budget)])
-    if not rows:
-        return None
-    data = np.array(rows)
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.8), dpi=130)
-    im = ax.imshow(data, aspect="auto", cmap="magma", extent=(0, 1, len(rows), 0), interpolation="nearest",
-                   vmin=0, vmax=max(2.0, float(np.nanmax(data))))
-    for i, xs in enumerate(marks):
-        ax.scatter(xs, [i + 0.5] * len(xs), marker="v", color="white", edgecolor="black", lw=0.5, s=28)
-    ax.set_yticks(np.arange(len(rows)) + 0.5, labels, fontsize=8)
-    ax.set_xlabel("normalised depth (0 = first block, 1 = last block)")
-    ax.set_title("Gradient probe: share of the signal by depth (× layers, 1 = uniform), mean over seeds\n"
-                 f"white marks: layers selected at a {budget:.0%} budget", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
-    return _save(fig, path)
-
-
-def fig_budget(c: Campaign, path: Path) -> Path | None:
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=130)
-    drawn = False
-    for m, col in zip(c.models, _colors(len(c.models))):
-        rs = [r for r in c.select(model=m) if r["recipe"] in ("aletheia", "budget_sweep")
-              and r["status"] == "completed" and _ok(r.get("speedup_pct"))]
-        budgets = sorted({r["budget"] for r in rs})
-        if len(budgets) < 2:
-            continue
-        means = [mean_sd([r["speedup_pct"] for r in rs if r["budget"] == b])[0] for b in budgets]
-        ax.plot([b * 100 for b in budgets], means, marker="o", color=col, label=m)
-        drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.axhline(0, color="#555", lw=0.8)
-    ax.set_xlabel("layer budget (% of layers adapted)")
-    ax.set_ylabel("training speedup vs standard (%)")
-    ax.set_title("Layer budget: speedup (mean over seeds)", fontsize=9)
-    ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 # --- documents -------------------------------------------------------------------------------------
 
 DEFINITIONS = """\
@@ -465,18 +314,23 @@ def write_report(campaign_dir: str | Path) -> dict[str, Path]:
         write_results_csv(d)
     c = Campaign(d, read_results_csv(d / "results.csv"))
     if not c.rows:
-        raise AletheiaError(f"{d} has no finished run yet; wait for the campaign (aletheia campaign status {d})")
-    figs = d / "figures"
-    speed_md, speed = speedup_table(c)
-    made = {
-        "speedup": fig_speedup(c, speed["per_model"], figs / "speedup_ci.png"),
-        "speed_vs_forgetting": fig_speed_vs_forgetting(c, figs / "speed_vs_forgetting.png"),
-        "compute_matched": fig_compute_matched(c, figs / "compute_matched_loss.png"),
-        "probe_heatmap": fig_probe_heatmap(c, figs / "probe_heatmap.png"),
-        "layer_budget": fig_budget(c, figs / "layer_budget.png"),
+        raise AletheiaError(f"{d} has no finished run yet; wait for the campaign "
+                            f"(aletheia campaign status {d})")
+    figs, speed, made = d / "figures", {}, {}
+    for recipe in c.same_steps:
+        speed[recipe] = speedup_table(c, recipe)
+        key = "speedup" + ("" if recipe == "aletheia" else f"_{recipe}")
+        made[key] = figures.speedup(speed[recipe][1]["per_model"], SAME_STEPS[recipe],
+                                    figs / f"{key.replace('speedup', 'speedup_ci')}.png")
+    made |= {
+        "speed_vs_forgetting": figures.speed_vs_forgetting(
+            c, {r: SAME_STEPS[r] for r in c.same_steps}, figs / "speed_vs_forgetting.png"),
+        "compute_matched": figures.compute_matched(c, figs / "compute_matched_loss.png"),
+        "probe_heatmap": figures.probe_heatmap(c, figs / "probe_heatmap.png"),
+        "layer_budget": figures.layer_budget(c, figs / "layer_budget.png"),
     }
     files = {k: v for k, v in made.items() if v is not None}
-    atomic_write_text(d / "REPORT.md", _report_md(c, speed_md, files))
+    atomic_write_text(d / "REPORT.md", _report_md(c, {r: t for r, (t, _) in speed.items()}, files))
     atomic_write_text(d / "FORGETTING_DELTAS_ANALYSIS.md", _forgetting_md(c))
     atomic_write_text(d / "COMPUTE_MATCHED_ANALYSIS.md", _compute_matched_md(c))
     files.update(report=d / "REPORT.md", forgetting=d / "FORGETTING_DELTAS_ANALYSIS.md",
@@ -488,82 +342,100 @@ def _img(files: dict, key: str, alt: str) -> str:
     return f"\n\n![{alt}](figures/{files[key].name})" if key in files else ""
 
 
-def _report_md(c: Campaign, speed_md: str, files: dict) -> str:
+def _report_md(c: Campaign, speed_md: dict[str, str], files: dict) -> str:
     spec = c.spec or {}
     n_fail = sum(r["status"] != "completed" for r in c.rows)
-    train = spec.get("train", {})
+    steps = spec.get("train", {}).get("steps", "?")
     out = [f"# Campaign report: {spec.get('name', c.dir.name)}", ""]
     if spec.get("description"):
         out += [spec["description"].strip(), ""]
-    out += [(f"{len(c.rows)} runs ({len(c.rows) - n_fail} completed, {n_fail} failed) over {len(c.models)} "
-            f"model(s), seeds {sorted({r['seed'] for r in c.rows})}, {train.get('steps', '?')} training steps "
-            f"per run. Generated {time.strftime('%Y-%m-%d %H:%M %Z')} from `results.csv` and the run folders "
-            "by `aletheia report`."), ""]
+    out += [(f"{len(c.rows)} runs ({len(c.rows) - n_fail} completed, {n_fail} failed) over "
+             f"{len(c.models)} model(s), seeds {sorted({r['seed'] for r in c.rows})}, {steps} training "
+             f"steps per run. Generated {time.strftime('%Y-%m-%d %H:%M %Z')} from `results.csv` and the "
+             "run folders by `aletheia report`."), ""]
     if any(str(m.get("id", "")).startswith("random:") for m in spec.get("models", [])):
-        out += [("> Models named `random:…` are tiny randomly initialised networks that exercise the machinery; "
-                "their timings and losses say nothing about real models."), ""]
-    models = []
-    for m in c.models:
-        models.append([m, c.first(m, "family") or "—", _params(c.first(m, "parameters")),
-                       _f(c.first(m, "layers"), "{:.0f}"),
-                       _f(next((r["n_selected"] for r in c.ok(model=m, recipe="aletheia")), None), "{:.0f}"),
-                       str(len(c.select(model=m)))])
-    out += ["## Models", "", markdown_table(["Model", "Family", "Params", "Layers", "Aletheia layers", "Runs"], models, "llrrrr"), ""]
-    out += ["## Training speedup (Aletheia vs standard LoRA, same steps)", "", speed_md,
-            _img(files, "speedup", "speedup per model with 95% CI"), ""]
-    out += ["## MMLU forgetting", "", mmlu_table(c), ""]
-    out += ["## Multi-benchmark deltas (Aletheia Δ − standard Δ)", "", benchmark_delta_table(c), ""]
-    q = quality_tests(c)
-    if q:
-        out += [("Quality, paired over all (model, seed) pairs (difference = Aletheia − standard; a win is a pair "
-                "where Aletheia is better):"), "",
-                markdown_table(["Metric", "Pairs", "Mean diff", "95% CI", "p-value", "Cohen's d", "Aletheia better"], q), ""]
+        out += [("> Models named `random:…` are tiny randomly initialised networks that exercise the "
+                 "machinery; their timings and losses say nothing about real models."), ""]
+    models = [[m, c.first(m, "family") or "—", _params(c.first(m, "parameters")),
+               _f(c.first(m, "layers"), "{:.0f}"),
+               _f(next((r["n_selected"] for r in c.ok(model=m, recipe="aletheia")), None), "{:.0f}"),
+               str(len(c.select(model=m)))] for m in c.models]
+    out += ["## Models", "", markdown_table(["Model", "Family", "Params", "Layers", "Aletheia layers",
+                                             "Runs"], models, "llrrrr"), ""]
+    for recipe in c.same_steps or ["aletheia"]:
+        name, key = SAME_STEPS[recipe], "" if recipe == "aletheia" else f"_{recipe}"
+        after = "" if recipe == "aletheia" else f" ({name})"
+        out += [f"## Training speedup ({name} vs standard LoRA, same steps)", "",
+                speed_md.get(recipe, f"_No completed standard/{recipe} pair yet._"),
+                _img(files, "speedup" + key, "speedup per model with 95% CI"), ""]
+        out += [f"## MMLU forgetting{after}", "", mmlu_table(c, recipe), ""]
+        out += [f"## Multi-benchmark deltas ({name} Δ − standard Δ)", "",
+                benchmark_delta_table(c, recipe), ""]
+        q = quality_tests(c, recipe)
+        if q:
+            out += [(f"Quality, paired over all (model, seed) pairs (difference = {name} − standard; a "
+                     f"win is a pair where {name} is better):"), "",
+                    markdown_table(["Metric", "Pairs", "Mean diff", "95% CI", "p-value", "Cohen's d",
+                                    f"{name} better"], q), ""]
     out += [_img(files, "speed_vs_forgetting", "speed vs extra forgetting").strip(), ""]
-    out += ["## Compute-matched", "", compute_matched_table(c), _img(files, "compute_matched", "compute-matched loss"),
-            "", "Details: [COMPUTE_MATCHED_ANALYSIS.md](COMPUTE_MATCHED_ANALYSIS.md).", ""]
+    out += ["## Compute-matched", "", compute_matched_table(c),
+            _img(files, "compute_matched", "compute-matched loss"), "",
+            "Details: [COMPUTE_MATCHED_ANALYSIS.md](COMPUTE_MATCHED_ANALYSIS.md).", ""]
     out += ["## Layer budget", "", budget_table(c), _img(files, "layer_budget", "layer budget"), ""]
     out += ["## Which layers the probe selects", "",
-            _img(files, "probe_heatmap", "probe scores over normalised depth").strip() or "_No probe scores._", ""]
+            _img(files, "probe_heatmap", "probe scores over normalised depth").strip()
+            or "_No probe scores._", ""]
     out += ["## Failed runs", "", failures_table(c), ""]
     out += ["## Definitions", "", DEFINITIONS, "",
-            "Forgetting per benchmark and seed: [FORGETTING_DELTAS_ANALYSIS.md](FORGETTING_DELTAS_ANALYSIS.md).", ""]
+            "Forgetting per benchmark and seed: "
+            "[FORGETTING_DELTAS_ANALYSIS.md](FORGETTING_DELTAS_ANALYSIS.md).", ""]
     return "\n".join(out)
 
 
 def _forgetting_md(c: Campaign) -> str:
     out = ["# Forgetting deltas analysis", "",
-           ("Per benchmark: each seed's base score, fine-tuned scores and deltas for standard LoRA and Aletheia, "
-           "and the extra forgetting (Aletheia Δ − standard Δ; positive: Aletheia forgot less). Generated by "
-           "`aletheia report` from `results.csv`."), ""]
+           ("Per benchmark: each seed's base score, fine-tuned scores and deltas for standard LoRA and "
+            "Aletheia, and the extra forgetting (Aletheia Δ − standard Δ; positive: Aletheia forgot "
+            "less). Generated by `aletheia report` from `results.csv`."), ""]
     measured = [b for b in BENCHMARKS if c.has_benchmark(b)]
     if not measured:
         out += [f"No benchmark was measured: {c.benchmark_reason()}.", ""]
-    for b in measured:
-        name = BENCH_NAMES[b]
-        extra_key = "extra_forgetting" if b == "mmlu" else f"{b}_extra"
-        rows, extras = [], []
-        for m in c.models:
-            for s, a in c.pairs(m, "aletheia"):
-                extras.append(a.get(extra_key))
-                rows.append([m, str(s["seed"]), _f(s.get(f"{b}_base"), "{:.1f}"), _f(s.get(f"{b}_ft"), "{:.1f}"),
-                             _f(s.get(f"{b}_delta"), "{:+.1f}"), _f(a.get(f"{b}_ft"), "{:.1f}"),
-                             _f(a.get(f"{b}_delta"), "{:+.1f}"), _f(a.get(extra_key), "{:+.1f}")])
-        t = paired_test([r[1].get(f"{b}_delta") for m in c.models for r in c.pairs(m, "aletheia")],
-                        [r[0].get(f"{b}_delta") for m in c.models for r in c.pairs(m, "aletheia")])
-        ok = [x for x in extras if _ok(x)]
-        out += [f"## {name}", "", markdown_table(["Model", "Seed", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"], rows), "",
-                (f"Extra forgetting over {t.n} pairs: mean {_f(t.mean_diff, '{:+.2f}')} pp, 95% CI "
-                f"[{_f(t.ci_low, '{:+.2f}')}, {_f(t.ci_high, '{:+.2f}')}], paired t-test p = {_p(t.p)}, "
-                f"Cohen's d = {_f(t.cohen_d)}; within ±1 pp in {sum(abs(x) <= 1 for x in ok)}/{len(ok)} pairs; "
-                f"worst {_f(min(ok) if ok else None, '{:+.1f}')} pp."), ""]
-    rows = []
-    for m in c.models:
-        for s, a in c.pairs(m, "aletheia"):
-            rows.append([m, str(s["seed"]), _f(s.get("eval_loss_before"), "{:.4f}"), _f(s.get("eval_loss"), "{:.4f}"),
-                         _f(a.get("eval_loss"), "{:.4f}"), _f(a.get("eval_loss_vs_standard"), "{:+.4f}")])
-    out += ["## Held-out loss", "", markdown_table(["Model", "Seed", "Base", "Std FT", "Ale FT", "Ale − Std"], rows)
-            if rows else "_No completed pair._", ""]
+    for recipe in c.same_steps or ["aletheia"]:
+        out += _forgetting_sections(c, recipe, measured)
     return "\n".join(out)
+
+
+def _forgetting_sections(c: Campaign, recipe: str, measured: list[str]) -> list[str]:
+    out, after = [], "" if recipe == "aletheia" else f" ({SAME_STEPS[recipe]})"
+    mcnemar = any(_ok(r.get("mmlu_mcnemar_p")) for r in c.rows)
+    pairs = [p for m in c.models for p in c.pairs(m, recipe)]
+    for b in measured:
+        extra_key = "extra_forgetting" if b == "mmlu" else f"{b}_extra"
+        with_p = mcnemar and b == "mmlu"
+        rows = [[a["model"], str(s["seed"]), _f(s.get(f"{b}_base"), "{:.1f}"),
+                 _f(s.get(f"{b}_ft"), "{:.1f}"), _f(s.get(f"{b}_delta"), "{:+.1f}"),
+                 _f(a.get(f"{b}_ft"), "{:.1f}"), _f(a.get(f"{b}_delta"), "{:+.1f}"),
+                 _f(a.get(extra_key), "{:+.1f}")] + ([_f(a.get("mmlu_mcnemar_p"))] if with_p else [])
+                for s, a in pairs]
+        t = paired_test([a.get(f"{b}_delta") for _, a in pairs], [s.get(f"{b}_delta") for s, _ in pairs])
+        ok = [x for x in (a.get(extra_key) for _, a in pairs) if _ok(x)]
+        head = ["Model", "Seed", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"]
+        out += [f"## {BENCH_NAMES[b]}{after}", "",
+                markdown_table(head + (["McNemar p"] if with_p else []), rows), "",
+                (f"Extra forgetting over {t.n} pairs: mean {_f(t.mean_diff, '{:+.2f}')} pp, 95% CI "
+                 f"[{_f(t.ci_low, '{:+.2f}')}, {_f(t.ci_high, '{:+.2f}')}], paired t-test p = {_p(t.p)}, "
+                 f"Cohen's d = {_f(t.cohen_d)}; within ±1 pp in {sum(abs(x) <= 1 for x in ok)}/{len(ok)} "
+                 f"pairs; worst {_f(min(ok) if ok else None, '{:+.1f}')} pp."), ""]
+        if with_p:
+            out += [("McNemar p: exact test of the standard and this run's right/wrong answers on the "
+                     "same questions (small p: the two fine-tuned models answer differently)."), ""]
+    rows = [[a["model"], str(s["seed"]), _f(s.get("eval_loss_before"), "{:.4f}"),
+             _f(s.get("eval_loss"), "{:.4f}"), _f(a.get("eval_loss"), "{:.4f}"),
+             _f(a.get("eval_loss_vs_standard"), "{:+.4f}")] for s, a in pairs]
+    out += [f"## Held-out loss{after}", "",
+            markdown_table(["Model", "Seed", "Base", "Std FT", "Ale FT", "Ale − Std"], rows)
+            if rows else "_No completed pair._", ""]
+    return out
 
 
 def _compute_matched_md(c: Campaign) -> str:

@@ -5,13 +5,16 @@ Paired columns compare a run with the standard run of the same model and seed:
 time); benchmark ``*_delta`` = fine-tuned − base (percentage points); ``extra_forgetting`` = this run's
 MMLU delta − the standard run's MMLU delta (the paper's Table 3: positive means this recipe forgot
 less); ``gsm8k_extra`` / ``humaneval_extra`` likewise; ``eval_loss_vs_standard`` = this run's
-held-out loss − the standard run's (positive means worse). Empty cells mean "not measured".
+held-out loss − the standard run's (positive means worse); ``mmlu_mcnemar_p`` = exact McNemar test
+of this run's and the standard run's right/wrong MMLU answers on the same questions (written only
+when the run folders hold per-question answers). Empty cells mean "not measured".
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ COLUMNS = [
     *[f"{b}_{k}" for b in BENCHMARKS for k in ("base", "ft", "delta")],
     "extra_forgetting", "gsm8k_extra", "humaneval_extra", "run_id",
 ]
+OPTIONAL_COLUMNS = ["mmlu_mcnemar_p"]
+"""Columns written only when some row has a value, so older results.csv files stay byte-identical."""
 INT_COLS = {"parameters", "layers", "n_selected", "seed", "steps", "trainable_params"}
 TEXT_COLS = {"model", "family", "selected_layers", "recipe", "status", "reason", "run_id"}
 RECIPE_ORDER = {name: i for i, name in enumerate(RECIPE_KINDS)}
@@ -37,12 +42,37 @@ def load_records(campaign_dir: str | Path) -> list[dict]:
     return [r.to_dict() for r in RunStore(campaign_dir).records()]
 
 
-def build_rows(records: list[dict], model_order: list[str] | None = None) -> list[dict]:
-    """The table rows: each record plus the columns paired with its standard run."""
+def load_mmlu_answers(campaign_dir: str | Path) -> dict[str, dict[tuple[str, int], bool]]:
+    """Each run's MMLU answers (run id → question → right?) from its ``benchmarks.json``."""
+    out = {}
+    for path in sorted(Path(campaign_dir, "runs").glob("*/benchmarks.json")):
+        try:
+            items = (json.loads(path.read_text()).get("mmlu") or {}).get("items")
+        except (OSError, ValueError, AttributeError):  # unreadable: that run gets no McNemar cell
+            continue
+        if items:
+            out[path.parent.name] = {(it["subject"], it["index"]): bool(it["correct"]) for it in items}
+    return out
+
+
+def _mcnemar_p(a: dict | None, b: dict | None) -> float | None:
+    from ..evaluation.forgetting import mcnemar
+
+    if not a or not b or a.keys() != b.keys():
+        return None
+    keys = sorted(a)
+    return mcnemar([a[k] for k in keys], [b[k] for k in keys])["p_value"]
+
+
+def build_rows(records: list[dict], model_order: list[str] | None = None,
+               answers: dict[str, dict] | None = None) -> list[dict]:
+    """The table rows: each record plus the columns paired with its standard run (``answers``:
+    per-question MMLU answers by run id, for the McNemar column)."""
     std = {(r["model"], r["seed"]): r for r in records if r["recipe"] == "standard"}
+    answers = answers or {}
     rows = []
     for r in records:
-        row: dict[str, Any] = {c: r.get(c) for c in COLUMNS}
+        row: dict[str, Any] = {c: r.get(c) for c in COLUMNS + OPTIONAL_COLUMNS}
         layers = r.get("selected_layers")
         row["selected_layers"] = " ".join(map(str, layers)) if layers else None
         row["n_selected"] = len(layers) if layers else None
@@ -60,6 +90,7 @@ def build_rows(records: list[dict], model_order: list[str] | None = None) -> lis
             row["extra_forgetting"] = _sub(row["mmlu_delta"], std_delta["mmlu"])
             row["gsm8k_extra"] = _sub(row["gsm8k_delta"], std_delta["gsm8k"])
             row["humaneval_extra"] = _sub(row["humaneval_delta"], std_delta["humaneval"])
+            row["mmlu_mcnemar_p"] = _mcnemar_p(answers.get(r.get("run_id")), answers.get(s.get("run_id")))
         rows.append(row)
     order = {m: i for i, m in enumerate(model_order or [])}
     rows.sort(key=lambda r: (order.get(r["model"], len(order)), r["model"], r["seed"],
@@ -72,11 +103,12 @@ def _sub(a, b):
 
 
 def to_csv(rows: list[dict]) -> str:
+    columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if any(row.get(c) is not None for row in rows)]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
+        writer.writerow({c: _cell(row.get(c)) for c in columns})
     return buf.getvalue()
 
 
@@ -92,7 +124,7 @@ def write_results_csv(campaign_dir: str | Path) -> list[dict]:
     """Rebuild ``results.csv`` from the records (atomically) and return its rows."""
     campaign_dir = Path(campaign_dir)
     order = [m.key for m in load_campaign(campaign_dir).models] if (campaign_dir / SPEC_FILE).is_file() else None
-    rows = build_rows(load_records(campaign_dir), order)
+    rows = build_rows(load_records(campaign_dir), order, load_mmlu_answers(campaign_dir))
     atomic_write_text(campaign_dir / "results.csv", to_csv(rows))
     return rows
 

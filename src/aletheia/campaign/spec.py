@@ -186,6 +186,7 @@ def _cost_aware_plan(r: RecipeSpec, cfg: Any, steps: int) -> None:
     LoRA's parameter count (``configs/cost-aware-bf16.yaml``)."""
     cfg.probe.selector = "cost-aware"
     cfg.probe.time_budget = r.time_budget if r.time_budget is not None else DEFAULT_TIME_BUDGET
+    cfg.probe.time_budget_fallback = True  # a budget below a model's fastest step: its fastest set
     cfg.adapter.match_parameters = True
     return None
 
