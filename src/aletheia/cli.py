@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
                else "rerun with --overwrite to start again")
         _fail(f"interrupted ({last_interruption() or 'SIGINT'})"
               + (f"; nothing finished was replaced, the unfinished run is kept in {kept} ({how})"
-                 if kept else ""), 130)
+                 if kept else "; rerun the same command to go on (finished runs are kept)"), 130)
     sys.exit(code or 0)
 
 
