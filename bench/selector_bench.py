@@ -85,7 +85,8 @@ def step_tokens(items, batch_size: int, seed: int, pad_id: int, steps: int) -> l
     """Padded tokens of each training step's batch (the stream ``train_lora`` draws)."""
     from aletheia.data import train_batches
 
-    return [int(b["input_ids"].numel()) for b in itertools.islice(train_batches(items, batch_size, seed, pad_id), steps)]
+    return [int(b["input_ids"].numel())
+            for b in itertools.islice(train_batches(items, batch_size, seed, pad_id), steps)]
 
 
 # --- worker: one training run in its own process ------------------------------------------------
@@ -303,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help="the runs' precision (auto: fp32 on a CPU, bf16 on a recent GPU), as aletheia --dtype")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
-    ap.add_argument("--parallel", type=int, default=1, help="training subprocesses at once (timing is interleaved anyway)")
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="training subprocesses at once (timing is interleaved anyway)")
     ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same settings in OUTPUT/runs")
     ap.add_argument("--output", default="bench/results/selectors")
     ap.add_argument("--render", action="store_true", help="only rewrite the tables from OUTPUT/selectors.json")
@@ -530,8 +532,16 @@ def retime(a) -> str:
     import torch
 
     from aletheia.architectures import get_architecture, num_layers
-    from aletheia.cost import (CostModel, adapter_ranks, calibration_layer_sets, fit_timed, hardware_name,
-                               module_shapes, step_features, time_adapter_steps)
+    from aletheia.cost import (
+        CostModel,
+        adapter_ranks,
+        calibration_layer_sets,
+        fit_timed,
+        hardware_name,
+        module_shapes,
+        step_features,
+        time_adapter_steps,
+    )
     from aletheia.data import train_batches
     from aletheia.lora import aletheia_lora_config, standard_lora_config
     from aletheia.recipe import prepare
@@ -556,7 +566,8 @@ def retime(a) -> str:
         if row.get("standard"):
             sets["standard"][3].append(row["selector"])
             continue
-        key = "L" + "-".join(map(str, row["layers"])) + ("-r" + "-".join(map(str, row["ranks"])) if row.get("ranks") else "")
+        key = "L" + "-".join(map(str, row["layers"])) + (
+            "-r" + "-".join(map(str, row["ranks"])) if row.get("ranks") else "")
         sets.setdefault(key, (row["layers"], False, row.get("ranks"), []))[3].append(row["selector"])
     calib = {}
     for ranks in {tuple(v[2]) if v[2] else () for v in sets.values()}:
@@ -565,7 +576,8 @@ def retime(a) -> str:
     calib["cal:standard"] = (list(range(n)), True, None, [])
 
     def lora(layers, std, ranks):
-        return standard_lora_config(arch, n, cfg.adapter) if std else aletheia_lora_config(arch, layers, adapter_of(ranks))
+        return (standard_lora_config(arch, n, cfg.adapter) if std
+                else aletheia_lora_config(arch, layers, adapter_of(ranks)))
 
     def feats(layers, std, ranks):
         return step_features(shapes, layers, adapter_ranks(arch, adapter_of(ranks), std))
@@ -580,7 +592,8 @@ def retime(a) -> str:
                      hardware=hardware_name(next(ws.model.parameters()).device))
     med = {k: statistics.median(scaled[k]) for k in everything}
     pred = {k: cost.predict_features(feats(*v[:3])) for k, v in everything.items()}
-    lines = ["| selectors | lowest | measured step s | step-time ratio | predicted s | error | predicted ratio | ratio error |",
+    lines = ["| selectors | lowest | measured step s | step-time ratio | predicted s | error | predicted ratio "
+             "| ratio error |",
              "|---|---|---|---|---|---|---|---|"]
     for k, (lay, std, ranks, names) in sets.items():
         ratio, pratio = med["standard"] / med[k], pred["standard"] / pred[k]

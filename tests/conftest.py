@@ -87,11 +87,12 @@ def alpaca_file(tmp_path) -> Path:
 
 def save_tiny_model(path: Path) -> Path:
     """A tiny Llama saved with a real (byte-level BPE) tokenizer, loadable by path like a user's model."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for i, ch in enumerate(sorted(set(" abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:#?!'\n-+=*/()[]{}_\"<>|"))):
+    for i, ch in enumerate(sorted(set(
+            " abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:#?!'\n-+=*/()[]{}_\"<>|"))):
         vocab.setdefault(ch, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")

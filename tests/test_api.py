@@ -1,14 +1,21 @@
 """The README's Python API example, and Aletheia's LoraConfig inside a plain HF Trainer."""
 
 import torch
+from conftest import CharTokenizer, tiny_llama
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 
-from aletheia import (aletheia_lora_config, get_architecture, load_examples, probe_batches,
-                      run_probe, tokenize_examples, top_fraction)
+from aletheia import (
+    aletheia_lora_config,
+    get_architecture,
+    load_examples,
+    probe_batches,
+    run_probe,
+    tokenize_examples,
+    top_fraction,
+)
 from aletheia.data import collate
 from aletheia.lora import found_adapters
-from conftest import CharTokenizer, tiny_llama
 
 
 def test_readme_api_example_composes_with_peft():

@@ -87,7 +87,8 @@ def test_killed_at_five_random_moments_and_resumed_ends_as_the_uninterrupted_run
     assert last.wait(timeout=600) == 0, last.stderr.read()[-2000:]
 
     assert losses(out) == losses(Path(ref_cfg.output)), moments
-    mine, theirs = load_file(out / "adapter_model.safetensors"), load_file(tmp_path / "ref" / "adapter_model.safetensors")
+    mine, theirs = (load_file(out / "adapter_model.safetensors"),
+                    load_file(tmp_path / "ref" / "adapter_model.safetensors"))
     assert mine.keys() == theirs.keys()
     assert all((mine[k] == theirs[k]).all() for k in mine), moments
     assert json.loads((out / "summary.json").read_text())["selected_layers"] == json.loads(

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 from typing import get_args, get_origin, get_type_hints
 
 import pytest
-from conftest import run_cli
 import yaml
+from conftest import run_cli
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -166,6 +166,8 @@ CHOICES = {  # text fields whose valid values are a closed set: one that is not 
     "adapter.modules": "mlp", "train.dtype": "float32", "memory.quantize": "4bit",
     "memory.device_map": "auto", "tasks": ["mmlu", "heldout"], "backend": "lm-eval",
     "gsm8k_format": "8shot", "train.report_to": ["tensorboard"],
+    "data.columns": {"instruction": "question"}, "data.train_on": "last_assistant",
+    "data.chat_template": "chatml", "train.scheduler": "linear",
 }
 
 

@@ -7,7 +7,6 @@ from test_probe import make_batches
 
 from aletheia.architectures import get_architecture
 from aletheia.config import AdapterConfig
-from aletheia.errors import AletheiaError
 from aletheia.cost import (
     CostModel,
     adapter_ranks,
@@ -18,6 +17,7 @@ from aletheia.cost import (
     module_shapes,
     step_features,
 )
+from aletheia.errors import AletheiaError
 from aletheia.lora import aletheia_lora_config, apply_lora, standard_lora_config
 
 
@@ -145,7 +145,8 @@ def test_matched_parameters_raise_the_mlp_rank_to_standard_loras_count_and_no_fu
     for layers in ([4, 5], [3, 4, 5], [0, 2, 4]):
         matched = matched_adapter(shapes, arch.attention, arch.mlp, layers, adapter)
         assert matched.attention_rank == 2 and matched.mlp_rank > 4
-        assert trainable(layers, matched) <= standard < trainable(layers, matched.replace(mlp_rank=matched.mlp_rank + 1))
+        assert trainable(layers, matched) <= standard < trainable(
+            layers, matched.replace(mlp_rank=matched.mlp_rank + 1))
     # off, or already above standard's count: the configured ranks stay
     assert matched_adapter(shapes, arch.attention, arch.mlp, [4, 5], adapter.replace(match_parameters=False)) == \
         adapter.replace(match_parameters=False)

@@ -3,12 +3,11 @@
 import json
 
 import pytest
+from conftest import CharTokenizer
 
 from aletheia.bootstrap import generate_bootstrap
-from aletheia.data import (IGNORE_INDEX, load_examples, read_examples, split_examples,
-                           tokenize_example)
+from aletheia.data import IGNORE_INDEX, load_examples, read_examples, split_examples, tokenize_example
 from aletheia.errors import AletheiaError
-from conftest import CharTokenizer
 
 
 def write_lines(path, rows):

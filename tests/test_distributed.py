@@ -11,12 +11,12 @@ import sys
 
 import pytest
 import yaml
+from test_families import as_batch, token_items
 
 from aletheia.config import RunConfig
 from aletheia.models import load_model_and_tokenizer
 from aletheia.probe import run_probe
 from aletheia.recipe import run_training
-from test_families import as_batch, token_items
 
 
 def write_config(tmp_path, model_dir, data_file, output) -> str:

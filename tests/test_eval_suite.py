@@ -51,7 +51,8 @@ def gsm8k_file(tmp_path) -> Path:
     folder = tmp_path / "gsm8k"
     folder.mkdir()
     for name, n in (("test", 6), ("train", 9)):
-        rows = [{"question": f"What is {i} plus {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
+        rows = [{"question": f"What is {i} plus {i}?",
+                 "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
                 for i in range(n)]
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder / "test.jsonl"
@@ -93,7 +94,8 @@ def test_the_200_question_mmlu_subset_covers_all_57_subjects():
 
 
 def test_missing_benchmark_data_is_one_line_saying_how_to_provide_it():
-    for loader, flag in ((load_mmlu, "--mmlu-path"), (load_gsm8k, "--gsm8k-path"), (load_humaneval, "--humaneval-path")):
+    for loader, flag in ((load_mmlu, "--mmlu-path"), (load_gsm8k, "--gsm8k-path"),
+                         (load_humaneval, "--humaneval-path")):
         with pytest.raises(AletheiaError, match=flag) as err:
             loader(None, hub=False, pypi=False)
         assert "\n" not in str(err.value)

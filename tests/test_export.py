@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli, save_tiny_model
 
 from aletheia import export as export_mod
 from aletheia.cli import main
-from conftest import run_cli, save_tiny_model
 
 FAST = ["--batch-size", "2", "--max-length", "64", "--quiet", "--accuracy-examples", "0", "--batches", "1"]
 PROMPT = torch.tensor([[1, 5, 9, 17, 33, 42, 7, 2]])
@@ -72,7 +72,8 @@ def test_export_reloads_in_plain_transformers_with_the_merged_logits(trained, tm
     mark = json.loads((out / "aletheia-export.json").read_text())
     assert mark["source_run"] == str(run.resolve()) and mark["base_model"] == str(base)
     assert mark["versions"]["peft"]
-    assert AutoTokenizer.from_pretrained(out)("abc")["input_ids"] == AutoTokenizer.from_pretrained(base)("abc")["input_ids"]
+    assert (AutoTokenizer.from_pretrained(out)("abc")["input_ids"]
+            == AutoTokenizer.from_pretrained(base)("abc")["input_ids"])
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no staging folder left behind
 
     # a second export into the same folder needs --overwrite, and then replaces it
@@ -89,7 +90,8 @@ def test_the_run_folder_keeps_its_tokenizer(trained):
 
     base, run = trained
     text = "Add 2 and 3."
-    assert AutoTokenizer.from_pretrained(run)(text)["input_ids"] == AutoTokenizer.from_pretrained(base)(text)["input_ids"]
+    assert (AutoTokenizer.from_pretrained(run)(text)["input_ids"]
+            == AutoTokenizer.from_pretrained(base)(text)["input_ids"])
     assert "tokenizer_config.json" in json.loads((run / "run_state.json").read_text())["files"]
 
 

@@ -16,8 +16,14 @@ import transformers
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
-from aletheia.architectures import (ARCHITECTURES, get_architecture, get_blocks, resolve_architecture,
-                                    set_architecture, supported_table)
+from aletheia.architectures import (
+    ARCHITECTURES,
+    get_architecture,
+    get_blocks,
+    resolve_architecture,
+    set_architecture,
+    supported_table,
+)
 from aletheia.config import AdapterConfig, TrainConfig
 from aletheia.data import train_batches
 from aletheia.errors import AletheiaError

@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_llama
+from test_families import as_batch, token_items
 
 from aletheia.architectures import get_architecture, get_blocks
 from aletheia.cli import main
@@ -17,8 +19,6 @@ from aletheia.lora import aletheia_lora_config, apply_lora
 from aletheia.models import enable_gradient_checkpointing, load_model_and_tokenizer
 from aletheia.probe import run_probe
 from aletheia.train import train_lora
-from conftest import tiny_llama
-from test_families import as_batch, token_items
 
 STEPS = TrainConfig(steps=3, batch_size=2, grad_accum=1, lr=1e-2, warmup_steps=0)
 

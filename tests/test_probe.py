@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_llama
 
 from aletheia.data import collate, probe_batches
 from aletheia.probe import run_probe
-from conftest import tiny_llama
 
 
 def make_batches(n=3, batch_size=2, length=12, seed=0):

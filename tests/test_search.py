@@ -159,7 +159,8 @@ class RecordingExecutor:
             mods = c["adapter"]["modules"] if c["method"] == "aletheia" else "both"
             loss = (2.0 - 0.05 * layers + (0.1 if mods == "attention" else 0.0) + 80 * abs(c["train"]["lr"] - 2e-3)
                     + 0.01 * (job.seed % 3) + 0.2 / c["train"]["steps"])
-            rec = {"run_id": job.run_id, "status": "completed", "eval_loss": loss, "selected_layers": c["probe"]["layers"],
+            rec = {"run_id": job.run_id, "status": "completed", "eval_loss": loss,
+                   "selected_layers": c["probe"]["layers"],
                    "train_seconds": c["train"]["steps"] * (0.1 + 0.02 * layers), "median_step_seconds": 0.1}
             if job.run_id in RecordingExecutor.fail:
                 rec = {"run_id": job.run_id, "status": "failed", "reason": "non-finite loss (nan) at step 3"}

@@ -1,16 +1,22 @@
 """Layer selection and the selective LoRA config that PEFT receives."""
 
 import pytest
+from conftest import tiny_llama
 from peft import LoraConfig
+from test_probe import make_batches
 
 from aletheia.architectures import get_architecture
 from aletheia.config import AdapterConfig, ProbeConfig
 from aletheia.errors import AletheiaError
-from aletheia.lora import (aletheia_lora_config, apply_lora, found_adapters, standard_lora_config,
-                           trainable_parameters, verify_adapters)
+from aletheia.lora import (
+    aletheia_lora_config,
+    apply_lora,
+    found_adapters,
+    standard_lora_config,
+    trainable_parameters,
+    verify_adapters,
+)
 from aletheia.selection import SelectionContext, select_layers, top_fraction
-from conftest import tiny_llama
-from test_probe import make_batches
 
 
 def test_top_fraction_keeps_the_highest_scores_with_a_deterministic_tie_break():

@@ -3,6 +3,7 @@
 import json
 
 import torch
+from conftest import CharTokenizer, alpaca_records, tiny_llama
 
 from aletheia.architectures import get_architecture
 from aletheia.config import TrainConfig
@@ -10,7 +11,6 @@ from aletheia.data import Example, tokenize_examples
 from aletheia.lora import aletheia_lora_config, apply_lora
 from aletheia.train import train_lora
 from aletheia.utils import set_seed
-from conftest import CharTokenizer, alpaca_records, tiny_llama
 
 
 def items():

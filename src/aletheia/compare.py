@@ -8,7 +8,6 @@ the output folder, and one run folder per method below it.
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 from . import distributed
@@ -68,7 +67,8 @@ def run_compare(cfg: RunConfig, progress: bool = True, device: str | None = None
     if main:
         out = Path(cfg.output)
         print(table + (f"\n\n{forgetting}" if forgetting else ""))
-        print(f"\nrun folders: {out / 'standard'}  {out / 'aletheia'}   summary: {out / 'comparison.md'}")
+        print(f"\nboth methods trained {comparison['steps']} optimizer steps\n"
+              f"run folders: {out / 'standard'}  {out / 'aletheia'}   summary: {out / 'comparison.md'}")
     return comparison
 
 
@@ -90,7 +90,7 @@ def _compare_into(out: Path, cfg: RunConfig, progress: bool, device: str | None,
     ws = prepare(cfg, device)
     recorded = resume and (out / "probe.json").is_file()
     selection = read_probe_json(out / "probe.json") if recorded else probe_and_select(cfg, ws, progress)
-    log("evaluating the base model")
+    log(f"evaluating the base model on {len(ws.eval_items)} held-out examples")
     baseline = evaluate(cfg, ws, ws.model, progress)
     if main and not recorded:
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
@@ -106,14 +106,14 @@ def _compare_into(out: Path, cfg: RunConfig, progress: bool, device: str | None,
 
     speedup = std.train_seconds / ale.train_seconds if ale.train_seconds else None
     comparison = {
-        "model": std.model, "model_path": std.model_path, "seed": cfg.seed, "steps": cfg.train.steps,
+        "model": std.model, "model_path": std.model_path, "seed": cfg.seed, "steps": std.steps,
         "selected_layers": selection.layers, "num_layers": selection.num_layers,
         "probe_seconds": selection.seconds, "speedup": speedup,
         "standard": std.to_dict(), "aletheia": ale.to_dict(),
     }
     comparison["table"] = comparison_table(std, ale)
     md = (f"# Aletheia vs standard LoRA\n\nModel `{std.model_path}`, seed {cfg.seed}, "
-          f"{cfg.train.steps} steps, probe {selection.seconds:.1f}s, selected layers "
+          f"{std.steps} steps each, probe {selection.seconds:.1f}s, selected layers "
           f"{selection.layers} of {selection.num_layers}.\n\n"
           + comparison_table(std, ale, markdown=True)
           + "\n\n![probe scores](probe_scores.png)\n")

@@ -229,6 +229,8 @@ def _own_type_problems(cfg: "_Config", prefix: str = "") -> list[str]:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PROBE_MODES = ("single-pass", "chunked")
 METHODS = ("aletheia", "standard")
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+"""``train.scheduler`` -> the name ``transformers.get_scheduler`` knows it by (each after the warmup)."""
 
 
 @dataclass
@@ -236,8 +238,21 @@ class DataConfig(_Config):
     """Where the training examples come from and how they are split and tokenised."""
 
     path: str | None = None
-    """Alpaca JSON/JSONL, chat ``messages`` JSONL, plain ``text`` JSONL, or an HF dataset id.
+    """A JSON/JSONL, Parquet or CSV file, a folder of them (or one written by ``save_to_disk``), or an
+    HF hub dataset id; rows in Alpaca, ``messages``, ShareGPT ``conversations`` or ``text`` format.
     None: the built-in bootstrap instruction set (generated from ``seed``)."""
+    subset: str | None = None
+    """The dataset's configuration name (``load_dataset(path, subset)``), e.g. ``main`` for gsm8k."""
+    split: str = "train"
+    """Split of a hub dataset or folder to read, e.g. ``test`` or ``train[:1000]``."""
+    columns: dict[str, str] | None = None
+    """Our field -> the dataset's column, e.g. ``{instruction: question, output: answer}``; fields:
+    instruction, input, output, system, messages, conversations, text."""
+    train_on: str = "all_assistant"
+    """Chats: loss on every assistant turn (``all_assistant``) or on the last one (``last_assistant``)."""
+    chat_template: str | None = None
+    """None: the tokenizer's own (none: the Alpaca prompt); a built-in (``chatml``, ``llama3``,
+    ``alpaca``) or a Jinja file. Saved with the run's tokenizer."""
     max_length: int = 256
     """Longest tokenised example; longer ones are truncated (response tokens last)."""
     eval_fraction: float = 0.1
@@ -246,6 +261,11 @@ class DataConfig(_Config):
     """Cap on held-out examples, so evaluation stays cheap on big datasets."""
     bootstrap_size: int = 600
     """Number of generated examples when ``path`` is None."""
+    padding_free: bool = True
+    """Lay each micro-batch's examples end to end (``position_ids`` restarting per example) instead of
+    padding them: the same loss and gradients, no padding computed. False: padded batches (the
+    paper's setting). A model whose attention cannot keep packed examples apart stays padded and
+    says so."""
 
     def problems(self) -> list[str]:
         p = []
@@ -257,6 +277,34 @@ class DataConfig(_Config):
             p.append(f"max_eval_examples={self.max_eval_examples} must be at least 1")
         if self.bootstrap_size < 10:
             p.append(f"bootstrap_size={self.bootstrap_size} must be at least 10")
+        return p + self._source_problems()
+
+    def _source_problems(self) -> list[str]:
+        from .chat_templates import resolve_chat_template  # lazy, as the selectors below
+        from .data_sources import ROW_FIELDS
+        from .errors import AletheiaError
+
+        p, example = [], "e.g. {instruction: question, output: answer}"
+        if self.columns is not None:
+            if not isinstance(self.columns, dict) or not self.columns:
+                p.append(f"columns={self.columns!r} must map fields to column names, {example}")
+            else:
+                for ours, col in self.columns.items():
+                    if ours not in ROW_FIELDS:
+                        close = difflib.get_close_matches(str(ours), ROW_FIELDS, n=1)
+                        p.append(f"columns: {ours!r} is not a field" + (f" (did you mean {close[0]!r}?)" if close
+                                 else "") + f"; the fields are {', '.join(ROW_FIELDS)}")
+                    elif not isinstance(col, str) or not col:
+                        p.append(f"columns: {ours} must name a column, got {col!r} ({example})")
+        if self.train_on not in ("all_assistant", "last_assistant"):
+            p.append(f"train_on={self.train_on!r} is unknown; use all_assistant or last_assistant")
+        if not isinstance(self.split, str) or not self.split:
+            p.append(f"split={self.split!r} must name a split, e.g. train")
+        if self.chat_template is not None:
+            try:
+                resolve_chat_template(self.chat_template)
+            except AletheiaError as exc:
+                p.append(str(exc).removeprefix("data."))
         return p
 
 
@@ -367,10 +415,15 @@ class AdapterConfig(_Config):
 
 @dataclass
 class TrainConfig(_Config):
-    """The shared recipe of both methods (paper §3.4): AdamW, cosine with warmup, fixed steps."""
+    """The shared recipe of both methods (paper §3.4): AdamW, warmup then cosine, steps or epochs."""
 
     steps: int = 200
-    """Optimizer steps (each of ``grad_accum`` micro-batches)."""
+    """Optimizer steps (each of ``grad_accum`` micro-batches); not used when ``epochs`` is given."""
+    epochs: float | None = None
+    """Passes over the training split instead of ``steps``: ceil(epochs x batches per epoch /
+    grad_accum) optimizer steps, the number recorded as ``steps`` in summary.json."""
+    scheduler: str = "cosine"
+    """Learning-rate schedule after the warmup: ``cosine`` (the paper's), ``linear`` or ``constant``."""
     batch_size: int = 4
     """Examples per micro-batch."""
     grad_accum: int = 2
@@ -378,7 +431,7 @@ class TrainConfig(_Config):
     lr: float = 2e-4
     """Peak learning rate."""
     warmup_steps: int = 20
-    """Linear warmup steps before cosine decay (capped at ``steps``)."""
+    """Linear warmup steps before the schedule (capped at ``steps``)."""
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -400,6 +453,10 @@ class TrainConfig(_Config):
     eval_every: int | None = None
     """Held-out loss every N optimizer steps (and at the last), into metrics.jsonl and the trackers.
     None: before and after training only."""
+    fsdp: bool = False
+    """Shard the model, its gradients and optimizer state over the processes of a data-parallel launch
+    (FSDP2 through accelerate, one shard unit per decoder block); ``accelerate launch --use_fsdp
+    --fsdp_version 2`` does the same. One process: no effect."""
 
     def problems(self) -> list[str]:
         p = []
@@ -408,6 +465,10 @@ class TrainConfig(_Config):
         elif self.steps > MAX_STEPS:
             p.append(f"steps={self.steps} is beyond the cap of {MAX_STEPS:,} optimizer steps "
                      "(weeks of training even for a tiny model); check for a typo, e.g. 200")
+        if self.epochs is not None and not 0 < self.epochs <= MAX_STEPS:
+            p.append(f"epochs={self.epochs} must be a positive number of passes over the data (e.g. 3)")
+        if self.scheduler not in SCHEDULERS:
+            p.append(f"scheduler={self.scheduler!r} is unknown; use one of {', '.join(SCHEDULERS)}")
         if self.batch_size < 1:
             p.append(f"batch_size={self.batch_size} must be at least 1")
         if self.grad_accum < 1:
@@ -441,6 +502,12 @@ class TrainConfig(_Config):
             p += [f"report_to: {name} is not installed; pip install {tracking.TRACKERS[name]} (or leave "
                   f"{name} out)" for name in self.tracker_names() if not tracking.installed(name)]
         return p
+
+    def steps_for(self, batches_per_epoch: int) -> int:
+        """The optimizer steps of this run: ``steps``, or ``epochs`` passes over that many micro-batches."""
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * batches_per_epoch / self.grad_accum))
 
     def tracker_names(self) -> list[str]:
         """``report_to`` with ``tensorboard`` added when ``tensorboard: true``, each name once."""

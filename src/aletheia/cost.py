@@ -18,8 +18,10 @@ the first dominates: an adapted layer costs more than a frozen block's backward,
 only a parameter term predicts too little saving for sets of many layers. The coefficients are fitted
 (least squares, non-negative) to a few timed steps of real adapter configurations on the user's
 model, hardware and batch shape, interleaved so that load from other processes hits all
-configurations alike, and cached under ``<cache>/cost/<key>.json``. Times scale with the padded tokens
-per micro-batch; ``predict`` takes the token count to predict for.
+configurations alike, and cached under ``<cache>/cost/<key>.json``. The timed steps run the
+layout training will run (padding-free where ``packing.padding_free``), and times scale with the
+positions a micro-batch computes (its real tokens packed, batch x width padded); ``predict`` takes
+the token count to predict for.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 from peft import LoraConfig
 from torch import nn
 
+from . import packing
 from .architectures import Architecture, get_architecture, get_blocks
 from .config import AdapterConfig
 from .errors import AletheiaError
@@ -45,7 +48,7 @@ from .lm_loss import causal_lm_loss
 from .lora import aletheia_lora_config, standard_lora_config
 from .utils import atomic_write_text, mixed_precision, weights_dtype
 
-COST_MODEL_VERSION = 5
+COST_MODEL_VERSION = 6  # 6: timed on the packed layout, tokens = positions computed
 FEATURES = ("intercept", "per_block", "per_module", "per_mparam")
 
 
@@ -121,9 +124,9 @@ class CostModel:
 
     num_layers: int
     coefficients: dict[str, float]
-    """Seconds per unit of each feature, at ``tokens`` padded tokens per micro-batch."""
+    """Seconds per unit of each feature, at ``tokens`` positions per micro-batch."""
     tokens: int
-    """Padded tokens per micro-batch (batch size x width) the coefficients refer to."""
+    """Positions a micro-batch step computes (``packing.step_tokens``) the coefficients refer to."""
     shapes: list[dict[str, list[int]]]
     attention: list[str]
     mlp: list[str]
@@ -193,8 +196,8 @@ def fit_timed(
 ) -> tuple[dict[str, float], int, dict[str, list[float]]]:
     """Fit the coefficients to the timed steps of the configurations named in ``features``.
 
-    Every step (of every configuration in ``times``) is first scaled to the median padded-token
-    count, since step time is close to linear in tokens. Returns the coefficients, that reference
+    Every step (of every configuration in ``times``) is first scaled to the median token count
+    (positions computed), since step time is close to linear in tokens. Returns the coefficients, that reference
     token count and the scaled seconds of every configuration.
     """
     ref = int(statistics.median(t for name in times for t in tokens[name]))
@@ -221,12 +224,9 @@ def hardware_name(device: torch.device) -> str:
     return f"{device.type}:{name}; threads={torch.get_num_threads()}; torch={torch.__version__}"
 
 
-def _padded_tokens(batch: dict[str, torch.Tensor]) -> int:
-    return int(batch["input_ids"].numel())
-
-
 def calibration_key(model: nn.Module, batches: list[dict[str, torch.Tensor]], adapter: AdapterConfig) -> str:
-    """Cache key: model config, dtype, hardware, batch shape (size and width rounded to 32), adapter."""
+    """Cache key: model config, dtype, hardware, batch shape (size and width rounded to 32), layout,
+    adapter."""
     p = next(model.parameters())
     config = getattr(getattr(model, "config", None), "to_dict", dict)()
     width = statistics.median(b["input_ids"].shape[1] for b in batches)
@@ -235,6 +235,7 @@ def calibration_key(model: nn.Module, batches: list[dict[str, torch.Tensor]], ad
         "config": {k: v for k, v in sorted(config.items()) if isinstance(v, (int, float, str, bool, list))},
         "dtype": str(p.dtype), "hardware": hardware_name(p.device),
         "batch": [int(batches[0]["input_ids"].shape[0]), int(32 * round(width / 32))],
+        "padding_free": packing.padding_free(model),
         "adapter": {k: v for k, v in adapter.to_dict().items() if k != "match_parameters"},  # not timed
     }
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -290,7 +291,8 @@ def time_adapter_steps(
     warmup: int = 1,
     progress: bool = False,
 ) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
-    """Seconds and padded tokens of ``rounds`` timed steps for each LoRA config, taken in turns.
+    """Seconds and positions computed (``packing.step_tokens``) of ``rounds`` timed steps for each
+    LoRA config, taken in turns.
 
     All configurations live on the model at once as named PEFT adapters and take turns step by step,
     on the same batch within a round and in an order rotated every round, so a burst of load from
@@ -324,7 +326,7 @@ def time_adapter_steps(
                 seconds = _time_step(peft_model, *optim[name], batch, device, precision)
                 if r >= warmup:
                     times[name].append(seconds)
-                    tokens[name].append(_padded_tokens(batch))
+                    tokens[name].append(packing.step_tokens(peft_model, batch))
             if progress:
                 print(f"aletheia: timing adapters, round {r + 1}/{warmup + rounds}", flush=True)
     finally:

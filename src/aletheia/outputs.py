@@ -80,7 +80,9 @@ def check_writable(path: str | Path, what: str = "--output", shown: str | Path |
                             f"(at least {MIN_FREE_BYTES // 2**20} MiB) or choose another folder")
 
 
-def check_file_output(path: str | Path, is_ours: Callable[[Path], bool], overwrite: bool, what: str = "--output") -> None:
+def check_file_output(
+    path: str | Path, is_ours: Callable[[Path], bool], overwrite: bool, what: str = "--output"
+) -> None:
     """Refuse to replace a file this tool did not write (``is_ours(path)`` says), unless told to."""
     path = Path(path)
     if path.is_dir():

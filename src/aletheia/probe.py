@@ -5,7 +5,8 @@ Definition. For probe batches b = 1..N and block l with parameters θ_l,
     score_l = Σ_b ‖ ∇_{θ_l} L(b) ‖₂
 
 where L is the causal-LM loss of the batch (mean over response tokens; prompt and padding tokens are
-masked exactly as in training) and ‖·‖₂ is the L2 norm over *all* of the block's parameters taken
+masked exactly as in training, and the batch runs padding-free exactly where training does: the
+same loss and gradients, so the same scores) and ‖·‖₂ is the L2 norm over *all* of the block's parameters taken
 together, i.e. sqrt(Σ_p ‖∇p‖²). Embeddings, final norm and LM head are frozen and not scored.
 
 Two modes give the same scores:
@@ -17,7 +18,10 @@ Two modes give the same scores:
   memory stays near one parameter's size and the probe costs N passes.
 
 Scale. Under data parallelism each process probes whole batches (``b mod N``) and the per-batch
-norms are summed across processes, so the scores equal the single-process ones. With
+norms are summed across processes, so the scores equal the single-process ones. A model sharded with
+FSDP2 (``fully_shard``) holds a slice of every gradient on each process: all processes run each
+batch together, and a block's squared norm is the sum over processes of the squared norms of their
+slices (exact: the slices partition the gradient). With
 ``device_map="auto"`` the per-layer sums are gathered on the first device. With gradient
 checkpointing enabled on the model, the blocks recompute their activations during backward while
 dropout stays off; the scores are unchanged.
@@ -38,7 +42,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, packing
 from .architectures import _base_model, get_blocks
 from .errors import AletheiaError
 from .lm_loss import causal_lm_loss
@@ -147,19 +151,21 @@ def run_probe(
         p.requires_grad_(False)
     per_batch = [[0.0] * n_layers for _ in batches]
     losses = [0.0] * len(batches)
-    mine = distributed.my_share(len(batches))  # every batch in a single process
+    shards = distributed.sharded(model)  # FSDP2: every process runs every batch, on its slices
+    mine = list(range(len(batches))) if shards else distributed.my_share(len(batches))
     start = time.perf_counter()
     try:
         if mode == "single-pass":
-            passes = _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine)
+            passes = _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine, shards)
         else:
-            passes = _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress, mine)
+            passes = _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress, mine,
+                              shards)
     finally:
         for p, flag in saved_flags.items():
             p.requires_grad_(flag)
             p.grad = None
         model.train(was_training)
-    if distributed.active():  # rows of batches other processes probed are zero here: sum them in
+    if distributed.active() and not shards:  # rows of batches other processes probed are zero here
         table = torch.tensor([row + [loss] for row, loss in zip(per_batch, losses, strict=True)], dtype=torch.float64,
                              device=device)
         table = distributed.sum_across_processes(table).tolist()
@@ -167,7 +173,8 @@ def run_probe(
         passes = int(distributed.sum_across_processes(torch.tensor([passes], device=device)).item())
     seconds = time.perf_counter() - start
     scores = [sum(row[layer] for row in per_batch) for layer in range(n_layers)]
-    extra = {"processes": distributed.world_size(), "gradient_checkpointing": checkpointing}
+    extra = {"processes": distributed.world_size(), "gradient_checkpointing": checkpointing,
+             "padding_free": packing.padding_free(model)}
     return ProbeResult(scores, per_batch, losses, mode, len(batches), seconds, passes, extra)
 
 
@@ -184,7 +191,19 @@ def _sq_norm(grad: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).double().square()
 
 
-def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine) -> int:
+def _shard_sq_norms(blocks, device) -> torch.Tensor:
+    """FSDP2: per block, Σ over processes of the squared norms of this process's gradient slices,
+    which is the block's squared gradient norm (one all-reduce per batch); frees the gradients."""
+    sq = torch.zeros(len(blocks), dtype=torch.float64, device=device)
+    for layer, params in enumerate(blocks):
+        for p in params:
+            if p.grad is not None:
+                sq[layer] += _sq_norm(p.grad.to_local()).to(device)
+                p.grad = None
+    return distributed.sum_across_processes(sq)
+
+
+def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine, shards=False) -> int:
     sq = torch.zeros(len(blocks), dtype=torch.float64, device=device)
     handles = []
 
@@ -198,7 +217,8 @@ def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mi
         for p in params:
             if p.is_floating_point():
                 p.requires_grad_(True)
-                handles.append(p.register_post_accumulate_grad_hook(make_hook(layer)))
+                if not shards:  # FSDP2 writes its slices of the gradients after backward: read them then
+                    handles.append(p.register_post_accumulate_grad_hook(make_hook(layer)))
 
     def add(layer: int, value: torch.Tensor) -> None:
         sq[layer] += value.to(sq.device)
@@ -209,6 +229,8 @@ def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mi
             sq.zero_()
             loss = _loss(model, batches[b], device)
             loss.backward()
+            if shards:
+                sq += _shard_sq_norms(blocks, sq.device)
             losses[b] = loss.item()
             per_batch[b] = sq.sqrt().tolist()
     finally:
@@ -217,7 +239,7 @@ def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mi
     return len(mine)
 
 
-def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress, mine) -> int:
+def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress, mine, shards=False) -> int:
     n_chunks = math.ceil(len(blocks) / chunk_size)
     bar = tqdm(total=n_chunks * len(mine), desc="probe (chunked)", disable=not progress)
     from_activations = [0.0] * len(blocks)  # squared weight-gradient norms of quantised linears
@@ -237,10 +259,11 @@ def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, prog
             loss = _loss(model, batches[b], device)
             loss.backward()
             losses[b] = loss.item()
+            sharded_sq = _shard_sq_norms(blocks, device).tolist() if shards else None
             for layer in chunk:
                 # .item() per parameter: with device_map the block's parameters may sit on several GPUs
-                sq = sum(_sq_norm(p.grad).item() for p in blocks[layer]
-                         if p.grad is not None)
+                sq = sharded_sq[layer] if shards else sum(_sq_norm(p.grad).item() for p in blocks[layer]
+                                                          if p.grad is not None)
                 per_batch[b][layer] = math.sqrt(sq + from_activations[layer])
                 for p in blocks[layer]:
                     p.grad = None

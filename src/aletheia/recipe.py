@@ -5,6 +5,7 @@ Each reads top to bottom as the algorithm: load → probe → select → train �
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -14,21 +15,38 @@ import torch
 
 from . import distributed
 from .architectures import get_architecture, num_layers, resolve_architecture, set_architecture
-from .config import RunConfig
+from .chat_templates import use_chat_template
+from .checkpoint import trainable_state
+from .config import MAX_STEPS, RunConfig, TrainConfig
 from .cost import matched_adapter, module_shapes
-from .data import (Example, eval_batches, load_examples, probe_batches, split_examples,
-                   tokenize_examples)
+from .data import (
+    Example,
+    batches_per_epoch,
+    eval_batches,
+    load_examples,
+    probe_batches,
+    split_examples,
+    tokenize_examples,
+)
 from .errors import AletheiaError
-from .interrupts import graceful_stop
 from .evaluation.loss import exact_match_accuracy, heldout_loss
+from .interrupts import graceful_stop
 from .lora import aletheia_lora_config, apply_lora, found_adapters, standard_lora_config, trainable_parameters
 from .models import check_quantize, load_model_and_tokenizer
+from .packing import padding_free, set_padding_free
 from .runs import RunFolder, RunRecord, write_record
 from .selection import Selection, SelectionContext, read_probe_json, select_layers, write_probe_json
 from .trackers import open_trackers
 from .train import train_lora
-from .utils import (atomic_write_text, git_revision, package_versions, resolve_device, resolve_dtype,
-                    set_seed, write_json)
+from .utils import (
+    atomic_write_text,
+    git_revision,
+    package_versions,
+    resolve_device,
+    resolve_dtype,
+    set_seed,
+    write_json,
+)
 
 
 def log(msg: str) -> None:
@@ -60,7 +78,7 @@ def prepare(cfg: RunConfig, device: str | None = None, examples: list[Example] |
     dtype = resolve_dtype(cfg.train.dtype, dev)
     check_quantize(cfg.memory.quantize, dev)  # before any data is read or weights are loaded
     if examples is None:
-        examples = load_examples(cfg.data.path, cfg.data.bootstrap_size)
+        examples = load_examples(cfg.data)
     train_ex, eval_ex = split_examples(examples, cfg.data.eval_fraction, cfg.data.max_eval_examples, cfg.seed)
     extra = {"device_map": cfg.memory.device_map} if cfg.memory.device_map else {}
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=dtype, device=dev, quantize=cfg.memory.quantize,
@@ -68,14 +86,46 @@ def prepare(cfg: RunConfig, device: str | None = None, examples: list[Example] |
     a = cfg.architecture  # fail early: an unknown architecture lists what it found and the options
     arch = resolve_architecture(model, a.blocks_path, a.attention_modules, a.mlp_modules)
     set_architecture(model, arch)
+    set_padding_free(model, cfg.data.padding_free)  # every step on this model reads it
+    eval_ex = eval_ex[:eval_size(cfg, len(eval_ex), len(train_ex))]
     if arch.family in ("generic", "custom"):  # say where the adapters will go when no registry entry did
         log(f"{arch.model_types[0]}: {arch.family} architecture, blocks at '{arch.blocks_path}', "
             f"attention {list(arch.attention)}, MLP {list(arch.mlp)}")
-    train_items = tokenize_examples(tokenizer, train_ex, cfg.data.max_length)
-    eval_items = tokenize_examples(tokenizer, eval_ex, cfg.data.max_length)
+    use_chat_template(tokenizer, cfg.data.chat_template)  # the run folder saves it with the tokenizer
+    train_items = tokenize_examples(tokenizer, train_ex, cfg.data.max_length, cfg.data.train_on)
+    eval_items = tokenize_examples(tokenizer, eval_ex, cfg.data.max_length, cfg.data.train_on)
     if not train_items:
         raise AletheiaError("no training example keeps a response token after tokenisation; raise --max-length")
     return Workspace(model, tokenizer, train_items, eval_items, eval_ex, dev, dtype, model.aletheia_source)
+
+
+def resolve_steps(train: TrainConfig, n_items: int) -> TrainConfig:
+    """``train`` with its step count fixed: ``train.epochs`` passes over the ``n_items`` training
+    examples become optimizer steps. Both methods of a pair see the same split, so the same steps."""
+    if train.epochs is None:
+        return train
+    per_epoch = batches_per_epoch(n_items, train.batch_size)
+    steps = train.steps_for(per_epoch)
+    if steps > MAX_STEPS:
+        raise AletheiaError(f"train.epochs {train.epochs:g} is {steps:,} optimizer steps, beyond the cap of "
+                            f"{MAX_STEPS:,}; check for a typo, e.g. 3")
+    log(f"train.epochs {train.epochs:g}: {n_items} training examples, {per_epoch} batches of "
+        f"{train.batch_size} per epoch, grad_accum {train.grad_accum} -> {steps} optimizer steps")
+    return train.replace(steps=steps)
+
+
+def eval_size(cfg: RunConfig, held_out: int, n_train: int) -> int:
+    """How many of the ``held_out`` split examples a run evaluates (before, during and after training).
+
+    No more than the examples its training draws (``steps × batch_size × grad_accum``, or ``epochs``
+    passes over the ``n_train`` examples; at least one eval batch of 8): evaluating a 3-step smoke run
+    on 64 examples, before and after, took longer than training it. From 8 steps at the default batch
+    on this is the whole split (64), so longer runs evaluate as before. The split is unchanged, so
+    training sees the same examples.
+    """
+    t = cfg.train
+    drawn = math.ceil(t.epochs * n_train) if t.epochs is not None else t.steps * t.batch_size * t.grad_accum
+    return min(held_out, max(8, drawn))
 
 
 def probe_and_select(cfg: RunConfig, ws: Workspace, progress: bool = True) -> Selection:
@@ -192,6 +242,7 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
     arch = get_architecture(ws.model)
     layers_total = num_layers(ws.model)
     base_params = sum(p.numel() for p in ws.model.parameters())  # before LoRA adds any
+    train_cfg = resolve_steps(cfg.train, len(ws.train_items))  # train.epochs -> optimizer steps
 
     # probe and select (Aletheia only)
     if cfg.method == "aletheia":
@@ -214,7 +265,7 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
 
     # evaluate the base model (LoRA's B matrices start at zero, so this is the base model)
     if baseline is None:
-        log("evaluating the base model")
+        log(f"evaluating the base model on {len(ws.eval_items)} held-out examples")
         baseline = evaluate(cfg, ws, ws.model, progress)
 
     # build the adapters; the seed fixes their initialisation
@@ -234,7 +285,7 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
         held_out = eval_batches(ws.eval_items, 8, ws.tokenizer.pad_token_id)
         set_seed(cfg.seed)
         with graceful_stop():  # SIGTERM/SIGINT: checkpoint at the step boundary, then stop
-            result = train_lora(model, ws.train_items, cfg.train, cfg.seed, ws.tokenizer.pad_token_id,
+            result = train_lora(model, ws.train_items, train_cfg, cfg.seed, ws.tokenizer.pad_token_id,
                                 metrics_path=out / "metrics.jsonl" if main else None, dtype=ws.dtype,
                                 progress=progress and main, label=f"train ({cfg.method})",
                                 checkpoint_dir=out / "checkpoints", resume_from=checkpoint,
@@ -247,13 +298,15 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
                      "eval/accuracy": after.get("accuracy")}, step=result.steps_done)
 
     # save
+    # FSDP2 left each process a slice of the adapter: every process gathers it, the main one writes it
+    whole = trainable_state(model) if result.status == "completed" and distributed.sharded(model) else None
     if main and result.status == "completed":
-        model.save_pretrained(out)
+        model.save_pretrained(out, **({"state_dict": whole} if whole is not None else {}))
         if hasattr(ws.tokenizer, "save_pretrained"):  # AutoTokenizer.from_pretrained(RUN_DIR) works
             ws.tokenizer.save_pretrained(out)
     failure = result.failure or {}
     record = RunRecord(
-        method=cfg.method, seed=cfg.seed, steps=cfg.train.steps, status=result.status,
+        method=cfg.method, seed=cfg.seed, steps=train_cfg.steps, status=result.status,
         reason=failure.get("reason"), failed_step=failure.get("step"),
         model=cfg.model or "default", model_path=ws.model_path, family=arch.family,
         selector=cfg.probe.selector if cfg.method == "aletheia" else None,
@@ -264,6 +317,7 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
         final_loss=result.final_loss, loss_scale=result.loss_scale, processes=result.processes,
         resumed_from_step=result.resumed_from_step,
         peak_memory_bytes=result.peak_memory_bytes, peak_memory_kind=result.peak_memory_kind,
+        padding_free=padding_free(ws.model),
         probe_seconds=selection.seconds if (selection and cfg.method == "aletheia") else None,
         eval_loss_before=baseline.get("eval_loss"), eval_loss=after.get("eval_loss"),
         accuracy_before=baseline.get("accuracy"), accuracy=after.get("accuracy"),

@@ -15,7 +15,6 @@ type hints only, so ``config.py`` can check a selector name against ``SELECTORS`
 from __future__ import annotations
 
 import json
-
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field

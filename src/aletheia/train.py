@@ -4,10 +4,12 @@ AdamW, linear warmup then cosine decay, gradient accumulation, global-norm clipp
 of optimizer steps. A non-finite loss ends the run with status ``failed`` and the step and reason,
 rather than a crash (the paper's Pythia fp16 case).
 
-Precision: bf16 and fp16 run under autocast (the base weights are already in that dtype; PEFT keeps
-the adapters in fp32), and fp16 scales the loss so small gradients do not underflow.
-Data parallel (``distributed.py``): the micro-batches of each step are split across processes and
-DDP averages their gradients, so N processes take the same steps as one.
+The plumbing is accelerate's (``distributed.make_accelerator``): bf16 and fp16 run under its
+autocast (the base weights are already in that dtype; PEFT keeps the adapters in fp32) and fp16
+scales the loss so small gradients do not underflow; the micro-batches of each step are split across
+processes and DDP or FSDP2 averages their gradients, so N processes take the same steps as one. In
+one process the losses are those of the hand-written loop this replaced (``tests/test_engine.py``,
+``bench/engine.py``).
 """
 
 from __future__ import annotations
@@ -19,22 +21,21 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_scheduler
 
 from . import distributed
+from .architectures import get_blocks
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import SCHEDULERS, TrainConfig
 from .data import train_batches
 from .interrupts import RunInterrupted, stop_requested
 from .lm_loss import causal_lm_loss
-from .utils import mixed_precision
 
 
 @dataclass
@@ -96,6 +97,14 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return int(rss_kb * (1 if sys.platform == "darwin" else 1024)), "process_max_rss"
 
 
+def _number(x) -> float:
+    """A float from a tensor, a sharded (FSDP2 ``DTensor``) one included; NaN for none (DeepSpeed
+    clips inside its engine and may not report a norm)."""
+    if x is None:
+        return math.nan
+    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
+
+
 def train_lora(
     model: nn.Module,
     items: list[dict[str, list[int]]],
@@ -120,31 +129,23 @@ def train_lora(
     ``evaluate``: the held-out loss, computed every ``cfg.eval_every`` steps and at the last step
     (its time is not training time)."""
     device = next(model.parameters()).device
+    accelerator = distributed.make_accelerator(dtype, device, cfg.grad_accum, distributed.fsdp_requested(cfg.fsdp),
+                                               blocks=sorted({type(b).__name__ for b in get_blocks(model)}))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)
-    autocast = mixed_precision(dtype, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type in ("cuda", "cpu"))
+    scheduler = get_scheduler(SCHEDULERS[cfg.scheduler], optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)
+    # the scheduler stays ours: accelerate's wrapper would step it N times per step under data parallel
+    forward, optimizer = accelerator.prepare(model, optimizer)  # DDP/FSDP2 wrapper, scaler-aware optimizer
     step_times, losses, tokens, failure, records, before = [], [], 0, None, [], 0.0
     done = 0
     if resume_from is not None:  # weights, optimizer, schedule, RNG and metrics as they were
-        history = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
+        history = load_checkpoint(resume_from, accelerator, model, optimizer, scheduler)
         done, records = history["step"], history["metrics"]
         step_times, losses = [r["step_seconds"] for r in records], [r["loss"] for r in records]
         tokens, before = history["tokens"], history["train_seconds"]
     batches = train_batches(items, cfg.batch_size, seed, pad_id, skip=done * cfg.grad_accum)
-    # data parallel: this process takes micro-batches i with i % N == rank of every step
-    distributed.check_grad_accum(cfg.grad_accum)
-    n_proc = distributed.world_size()
-    mine = set(distributed.my_share(cfg.grad_accum))
-    last_mine = max(mine)
-    forward = model
-    if distributed.active():
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     metrics = open(metrics_path, "w") if metrics_path else None
     if metrics:  # a resumed run's file starts with the steps it had done
         metrics.writelines(json.dumps(r) + "\n" for r in records)
@@ -156,32 +157,32 @@ def train_lora(
     for step in range(done + 1, cfg.steps + 1):
         t0, tokens0 = time.perf_counter(), tokens
         step_loss = 0.0
-        for micro in range(cfg.grad_accum):
-            batch = next(batches)  # every process draws every batch, so the streams stay aligned
-            if micro not in mine:
-                continue
-            batch = {k: v.to(device) for k, v in batch.items()}
-            # DDP averages gradients over the N processes; the factor N restores the plain sum
-            sync = micro == last_mine or not distributed.active()
-            with autocast, (nullcontext() if sync else forward.no_sync()):
-                loss = causal_lm_loss(model, batch, forward) / cfg.grad_accum
-                bad = distributed.any_process(not torch.isfinite(loss), device)
-                if not bad:
-                    scaler.scale(loss * n_proc).backward()
-            if bad:
-                failure = {"step": step, "reason": f"non-finite loss ({loss.item()}) at step {step}"}
-                break
-            step_loss += loss.item()
-            tokens += int(batch["attention_mask"].sum())
+        # every process draws every batch, so the streams stay aligned; each takes its slice of them
+        micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
+        with accelerator.split_between_processes(micro_batches) as mine:
+            for batch in mine:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                # accumulate: no gradient sync but on the step's last micro-batch; backward divides
+                # the loss by the micro-batches of this process, the average over processes does the rest
+                with accelerator.accumulate(forward), accelerator.autocast():
+                    loss = causal_lm_loss(model, batch, forward)
+                    if not torch.isfinite(loss):
+                        accelerator.set_trigger()
+                    if accelerator.check_trigger():  # a sync point: every process stops together
+                        failure = {"step": step, "reason": f"non-finite loss ({loss.item()}) at step {step}"}
+                        break
+                    accelerator.backward(loss)
+                step_loss += (loss / cfg.grad_accum).item()
+                tokens += int(batch["attention_mask"].sum())
         if failure:
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.optimizer.zero_grad(set_to_none=True)
             break
-        if n_proc > 1:
-            step_loss = float(distributed.sum_across_processes(torch.tensor([step_loss], device=device)))
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
+        if accelerator.num_processes > 1:
+            step_loss = float(accelerator.reduce(torch.tensor([step_loss], device=device), "sum"))
+        # unscales fp16 gradients first; given all of the model's parameters (the frozen ones hold no
+        # gradient, so the norm is the adapter's), accelerate takes its FSDP route with one unscale
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()  # skipped by the fp16 scaler when the gradients overflowed
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
@@ -190,7 +191,7 @@ def train_lora(
         step_times.append(dt)
         losses.append(step_loss)
         record = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                  "grad_norm": float(grad_norm), "step_seconds": dt}
+                  "grad_norm": _number(grad_norm), "step_seconds": dt}
         if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             t_eval = time.perf_counter()
             with torch.no_grad():  # eval mode, no RNG drawn: resumed runs stay exact
@@ -211,7 +212,7 @@ def train_lora(
         if checkpoint_dir is not None and (stop or (cfg.save_every and step % cfg.save_every == 0)):
             history = {"step": step, "metrics": records, "tokens": tokens,
                        "train_seconds": before + time.perf_counter() - start - eval_seconds}
-            save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, scaler, history, cfg.keep_last)
+            save_checkpoint(checkpoint_dir, step, accelerator, model, optimizer, scheduler, history, cfg.keep_last)
         if stop:
             bar.close()
             saved = "checkpoint saved" if checkpoint_dir is not None else "no checkpoint"
@@ -220,6 +221,7 @@ def train_lora(
     bar.close()
     if metrics:
         metrics.close()
+    accelerator.unwrap_model(forward, keep_fp32_wrapper=False)  # the model's own forward again, for eval
     mem, kind = peak_memory(device)
     return TrainResult(
         status="failed" if failure else "completed",
@@ -232,8 +234,8 @@ def train_lora(
         final_loss=losses[-1] if losses else None,
         losses=losses,
         failure=failure,
-        loss_scale=float(scaler.get_scale()) if scaler.is_enabled() else None,
-        processes=n_proc,
+        loss_scale=float(accelerator.scaler.get_scale()) if accelerator.scaler is not None else None,
+        processes=accelerator.num_processes,
         resumed_from_step=done if resume_from is not None else None,
     )
 

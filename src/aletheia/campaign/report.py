@@ -175,7 +175,8 @@ def speedup_table(c: Campaign, recipe: str = "aletheia") -> tuple[str, dict]:
     if rows:
         text += (f"\n\nOverall paired t-test over all {overall.n} (model, seed) pairs of training times: "
                  f"t = {_f(overall.t)}, df = {overall.df}, p = {_p(overall.p)}, "
-                 f"Cohen's d = {_f(overall.cohen_d)}, win rate {_f(overall.win_rate * 100 if _ok(overall.win_rate) else None, '{:.0f}')}% "
+                 f"Cohen's d = {_f(overall.cohen_d)}, "
+                 f"win rate {_f(overall.win_rate * 100 if _ok(overall.win_rate) else None, '{:.0f}')}% "
                  f"(mean time saved {_f(overall.mean_diff)} s per run, 95% CI "
                  f"[{_f(overall.ci_low)}, {_f(overall.ci_high)}] s).")
     return text, {"per_model": per_model, "overall": overall}
@@ -214,7 +215,8 @@ def quality_tests(c: Campaign, recipe: str = "aletheia") -> list[list[str]]:
         if t.n == 0:
             continue
         wins = [better(x) > better(y) for x, y in zip(a, s) if _ok(x) and _ok(y)]
-        out.append([name, str(t.n), _f(t.mean_diff, "{:+.4f}"), f"[{_f(t.ci_low, '{:+.4f}')}, {_f(t.ci_high, '{:+.4f}')}]",
+        out.append([name, str(t.n), _f(t.mean_diff, "{:+.4f}"),
+                    f"[{_f(t.ci_low, '{:+.4f}')}, {_f(t.ci_high, '{:+.4f}')}]",
                     _p(t.p), _f(t.cohen_d), f"{sum(wins)}/{len(wins)}"])
     return out
 
@@ -467,7 +469,8 @@ def _compute_matched_md(c: Campaign) -> str:
             f"d = {_f(vs_std.cohen_d)})."),
             "",
             (f"Held-out loss, compute-matched − Aletheia at the same steps over {vs_ale.n} pairs: mean "
-            f"{_f(vs_ale.mean_diff, '{:+.4f}')} (95% CI [{_f(vs_ale.ci_low, '{:+.4f}')}, {_f(vs_ale.ci_high, '{:+.4f}')}], "
+            f"{_f(vs_ale.mean_diff, '{:+.4f}')} (95% CI [{_f(vs_ale.ci_low, '{:+.4f}')}, "
+            f"{_f(vs_ale.ci_high, '{:+.4f}')}], "
             f"p = {_p(vs_ale.p)})."), ""]
     for b in BENCHMARKS:
         if c.has_benchmark(b):

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import runs
 from ..config import RunConfig
 from ..errors import AletheiaError
-from .. import runs
 from ..outputs import check_writable, disk_full
 from ..runs import RunRecord, RunStore
 from ..utils import write_json

@@ -10,13 +10,21 @@ once, and it round-trips through YAML. Strings are accepted as shorthand for mod
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
-from ..config import (MAX_STEPS, AdapterConfig, DataConfig, FieldError, ProbeConfig, TrainConfig,
-                      _Config, duplicate_names)
+from ..config import (
+    MAX_STEPS,
+    AdapterConfig,
+    DataConfig,
+    FieldError,
+    ProbeConfig,
+    TrainConfig,
+    _Config,
+    duplicate_names,
+)
 from ..embedded import embedded_model
 from ..errors import AletheiaError, ConfigError
 from ..registry import Registry

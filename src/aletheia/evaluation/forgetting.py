@@ -99,7 +99,8 @@ def forgetting_table(report: dict[str, Any], names: list[str], base: str = "base
     out = [(markdown_table if markdown else text_table)(head, lines)]
     for pair, t in report["mcnemar_mmlu"].items():
         a, b = pair.split(" vs ")
-        out.append(f"{'' if not markdown else chr(10)}MMLU McNemar {pair}: {t['only_first_correct']} right only by {a}, "
+        out.append(f"{'' if not markdown else chr(10)}MMLU McNemar {pair}: "
+                   f"{t['only_first_correct']} right only by {a}, "
                    f"{t['only_second_correct']} only by {b}, p = {t['p_value']:.3f}"
                    + (" (not significant at 0.05)" if t["p_value"] >= 0.05 else ""))
     if report["rows"]:

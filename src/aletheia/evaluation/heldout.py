@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..chat_templates import use_chat_template
 from ..data import IGNORE_INDEX, eval_batches, load_examples, split_examples, tokenize_examples
 from .loss import heldout_loss
 
@@ -11,9 +12,10 @@ from .loss import heldout_loss
 def evaluate_heldout(model, tokenizer, cfg, progress: bool = True) -> dict[str, Any]:
     """Mean NLL per response token on the held-out split of ``cfg.data`` (split seed ``cfg.data_seed``)."""
     d = cfg.data
-    examples = load_examples(d.path, d.bootstrap_size)
+    examples = load_examples(d)  # its columns, split and subset, as training read them
     _, held = split_examples(examples, d.eval_fraction, d.max_eval_examples, cfg.data_seed)
-    items = tokenize_examples(tokenizer, held, d.max_length)
+    use_chat_template(tokenizer, d.chat_template)
+    items = tokenize_examples(tokenizer, held, d.max_length, d.train_on)
     tokens = sum(sum(1 for x in it["labels"][1:] if x != IGNORE_INDEX) for it in items)
     loss = heldout_loss(model, eval_batches(items, cfg.batch_size, tokenizer.pad_token_id), progress)
     return {"loss": loss, "n": len(items), "tokens": tokens, "data": d.path or "bootstrap",

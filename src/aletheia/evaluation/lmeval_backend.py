@@ -148,7 +148,8 @@ def lmeval_gsm8k(model, tokenizer, cfg, progress: bool = True) -> dict[str, Any]
         entry["completion"] = sample["resps"][0][0]
         entry[f"{sample['filter'].split('-')[0]}_correct"] = bool(sample["exact_match"])
     return {
-        "strict_match": res.get("exact_match,strict-match"), "flexible_extract": res.get("exact_match,flexible-extract"),
+        "strict_match": res.get("exact_match,strict-match"),
+        "flexible_extract": res.get("exact_match,flexible-extract"),
         "n": len(chosen), "backend": "lm-eval", "source": data.source, "seed": cfg.seed, "prompt_format": fmt,
         "shots": len(shots), "shots_note": shots_note,
         "decoding": {"greedy": True, "max_new_tokens": cfg.gsm8k_max_new_tokens},

@@ -210,7 +210,8 @@ def evaluate_mmlu(model, tokenizer, cfg, progress: bool = True) -> dict[str, Any
         "accuracy": correct / len(items) if items else None, "n": len(items), "correct": correct,
         "backend": "native", "source": data.source, "shots": shots,
         "shots_note": "from the dev split" if shots else "0-shot (the data has no dev split)",
-        "seed": cfg.seed, "prompt_format": "lm-eval mmlu: description, question\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:",
+        "seed": cfg.seed,
+        "prompt_format": "lm-eval mmlu: description, question\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:",
         "scoring": "log-likelihood of ' A'..' D' (context+continuation tokenised together)",
         "questions": [list(q) for q in questions], "items": records,
     }

@@ -8,5 +8,6 @@ from .folder import RunFolder, RunInterrupted, finished_run, read_state, unfinis
 from .record import RunRecord, finite, read_record, write_record
 from .store import RECORD_FILE, RunStore
 
-__all__ = ["RECORD_FILE", "RunFolder", "RunInterrupted", "RunRecord", "RunStore", "finished_run", "finite", "read_record",
+__all__ = ["RECORD_FILE", "RunFolder", "RunInterrupted", "RunRecord", "RunStore", "finished_run", "finite",
+           "read_record",
            "read_state", "unfinished_run", "write_record"]

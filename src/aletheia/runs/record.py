@@ -74,6 +74,8 @@ class RunRecord:
     """Set when the run continued from a checkpoint: the steps before it came from that checkpoint."""
     peak_memory_bytes: int | None = None
     peak_memory_kind: str | None = None
+    padding_free: bool | None = None
+    """Whether the steps ran padding-free (asked for, and exact for this model); None: older runs."""
     probe_seconds: float | None = None
     probe_reused: bool | None = None
 

@@ -8,8 +8,20 @@ campaign executor (local, ray, slurm) runs it, and a stopped search resumes wher
 """
 
 from .ablation import factorial_2x2
-from .config import (STAGES, AblationConfig, ArmSpec, FullConfig, OptunaConfig, PushConfig, PushVariation,
-                     ScanConfig, SearchConfig, load_search_config, paper_arms, paper_push)
+from .config import (
+                     STAGES,
+                     AblationConfig,
+                     ArmSpec,
+                     FullConfig,
+                     OptunaConfig,
+                     PushConfig,
+                     PushVariation,
+                     ScanConfig,
+                     SearchConfig,
+                     load_search_config,
+                     paper_arms,
+                     paper_push,
+)
 from .report import pareto_front, write_search_report
 from .runner import run_search
 

@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from ..campaign.spec import ExecutorConfig
-from ..config import (MAX_STEPS, AdapterConfig, DataConfig, FieldError, ProbeConfig, TrainConfig,
-                      _Config, duplicate_names)
+from ..config import (
+    MAX_STEPS,
+    AdapterConfig,
+    DataConfig,
+    FieldError,
+    ProbeConfig,
+    TrainConfig,
+    _Config,
+    duplicate_names,
+)
 from ..errors import ConfigError
 
 STAGES = ("probe", "scan", "full", "push", "optuna", "ablation")

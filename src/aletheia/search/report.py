@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..tables import markdown_table
 from ..utils import atomic_write_text, write_json
 from .config import STAGES
-from ..tables import markdown_table
 from .rows import add_speed, fmt, mean, rank_rows
 
 if TYPE_CHECKING:
