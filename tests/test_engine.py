@@ -63,7 +63,7 @@ def test_the_engine_gives_the_recorded_losses_of_the_old_loop(name, tmp_path):
     assert [r["grad_norm"] for r in records] == pytest.approx(grad_norms, rel=1e-6, abs=0)
     assert result.loss_scale == loss_scale
     adapter_sum = sum(float(p.detach().double().abs().sum()) for p in model.parameters() if p.requires_grad)
-    assert adapter_sum == pytest.approx(weight_sum, rel=1e-9)
+    assert adapter_sum == pytest.approx(weight_sum, rel=1e-6)  # float rounding: thread count, order
 
 
 def test_after_training_the_model_runs_its_own_forward_again():
