@@ -225,7 +225,7 @@ def cost_aware(ctx: SelectionContext) -> Selection:
     )
     chosen = model.matched(layers, adapter)
     info.update(attention_rank=chosen.attention_rank, mlp_rank=chosen.mlp_rank,
-                match_parameters=adapter.match_parameters,time_budget=cfg.time_budget, tradeoff=cfg.tradeoff,
+                match_parameters=adapter.match_parameters, time_budget=cfg.time_budget, tradeoff=cfg.tradeoff,
                 cost_model_key=model.key,
                 cost_model=model.coefficients, cost_model_tokens=model.tokens, hardware=model.hardware)
     return Selection("cost-aware", result.scores, layers, cfg.fraction, result.seconds, probe=result,
