@@ -268,7 +268,7 @@ class Worker:
 
 def run_length(args, max_length: int, log) -> dict:
     args.pass_on = strip(sys.argv[1:], "--max-length") + ["--max-length", str(max_length)]
-    jobs = [(row, seed) for row in ROWS for seed in (args.seeds if row in TRAINING else args.seeds[:1])]
+    jobs = [(row, seed) for row in args.rows for seed in (args.seeds if row in TRAINING else args.seeds[:1])]
     workers = []
     for row, seed in jobs:  # one at a time: loading is not what is timed
         w = Worker(args, row, seed, log)
@@ -315,21 +315,26 @@ def table(result: dict) -> str:
         vals = [r[key] for r in by_row[row] if r.get(key) is not None]
         return statistics.mean(vals) if vals else None
 
-    hf, floor, hf_loss = mean("hf-trainer", "tokens_per_second"), mean("floor", "tokens_per_second"), \
-        mean("hf-trainer", "eval_loss")
+    hf, floor, hf_loss = (mean(row, key) if row in by_row else None for row, key in (
+        ("hf-trainer", "tokens_per_second"), ("floor", "tokens_per_second"), ("hf-trainer", "eval_loss")))
     lines = [f"max length {result['max_length']}",
              "row          layers  tokens/s  x HF   x floor  step s  peak MiB  held-out loss (vs HF)",
              "-----------  ------  --------  -----  -------  ------  --------  ---------------------"]
-    for row in ROWS:
+    def ratio(value, to):
+        return f"{value / to:.2f}" if to else "-"
+
+    for row in (r for r in ROWS if r in by_row):
         tps, first = mean(row, "tokens_per_second"), by_row[row][0]
         loss = mean(row, "eval_loss")
-        loss_text = "" if loss is None else f"{loss:.4f} ({100 * (loss / hf_loss - 1):+.2f}%)"
+        loss_text = "" if loss is None else f"{loss:.4f}"
+        if loss is not None and hf_loss:
+            loss_text += f" ({100 * (loss / hf_loss - 1):+.2f}%)"
         if len(by_row[row]) > 1 and loss is not None:
             loss_text += f" mean of {len(by_row[row])} seeds"
-        lines.append(f"{row:<11}  {len(first['layers']):>6}  {tps:>8.0f}  {tps / hf:>5.2f}  {tps / floor:>7.2f}  "
+        lines.append(f"{row:<11}  {len(first['layers']):>6}  {tps:>8.0f}  {ratio(tps, hf):>5}  {ratio(tps, floor):>7}  "
                      f"{mean(row, 'median_step_seconds'):>6.2f}  {mean(row, 'peak_rss') / 2**20:>8.0f}  {loss_text}")
     lines += ["", "one micro-batch step, seconds: base fwd | adapter fwd | head+loss | backward | optimizer"]
-    for row in TRAINING:
+    for row in (r for r in TRAINING if r in by_row):
         b = by_row[row][0]["breakdown"]
         lines.append(f"{row:<11}  {b['base_forward']:.3f} | {b['adapter_forward']:.3f} | {b['head_loss']:.3f} | "
                      f"{b['backward']:.3f} | {b['optimizer']:.3f}")
@@ -346,6 +351,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
+                    help="rows to run (default: all); e.g. the best rows again under more --seeds")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="seeds of the training rows")
     ap.add_argument("--eval-examples", type=int, default=32, help="held-out examples")
     ap.add_argument("--calibration-rounds", type=int, default=1,

@@ -1,229 +1,23 @@
 """Small typed configs, one per stage, that validate themselves and round-trip through YAML.
 
-Each config is a dataclass. ``from_dict`` rejects unknown keys; ``validate`` reports every problem
-at once (not just the first) as one ``ConfigError``. ``RunConfig`` bundles the stages for the CLI and
-for the ``config.yaml`` saved in every run folder.
+Each config is a ``typed_config.Config`` dataclass: ``from_dict`` rejects unknown keys and wrong
+types; ``validate`` reports every problem at once (not just the first) as one ``ConfigError``.
+``RunConfig`` bundles the stages for the CLI and for the ``config.yaml`` saved in every run folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
-import re
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
-
-import yaml
+from dataclasses import dataclass, field
 
 from . import trackers as tracking
-from .errors import ConfigError
-from .yaml_io import load_yaml_file
+from .typed_config import Config
 
 MAX_STEPS = 10_000_000
 """Largest accepted number of optimizer steps. Even the smallest model manages a few hundred steps a
 second at best, so ten million is weeks of training: a larger value is a typo (an extra 000) or an
 exponent (1e12), and it would otherwise run, print nothing useful and never finish."""
-
-
-class FieldError(ConfigError):
-    """One field has a value of the wrong type; ``field`` is its dotted name (``train.steps``)."""
-
-    def __init__(self, field_name: str, detail: str):
-        self.field, self.detail = field_name, detail
-        super().__init__(f"'{field_name}' {detail}")
-
-    def under(self, prefix: str) -> "FieldError":
-        """The same problem, named from an enclosing section (``steps`` -> ``train.steps``)."""
-        sep = "" if self.field.startswith("[") else "."
-        return FieldError(f"{prefix}{sep}{self.field}", self.detail)
-
-
-class _Config:
-    """Mixin: dict/YAML round trip, unknown-key rejection and collected validation."""
-
-    def problems(self) -> list[str]:  # overridden per stage
-        return []
-
-    def validate(self) -> "_Config":
-        problems = _own_type_problems(self) or self.problems()
-        for f in fields(self):  # nested configs report with a prefix
-            value = getattr(self, f.name)
-            if isinstance(value, _Config):
-                problems += [f"{f.name}.{p}" for p in (type_problems(value) or value.problems())]
-        if problems:
-            raise ConfigError("invalid config: " + "; ".join(problems))
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, _Config):
-                value = value.to_dict()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "_Config":
-        data = dict(data or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, names, n=1)
-                hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-            raise ConfigError(
-                f"unknown key(s) in {cls.__name__}: {', '.join(hints)}; "
-                f"known keys: {', '.join(sorted(names))}"
-            )
-        types = get_type_hints(cls)
-        kwargs = {}
-        for name, value in data.items():
-            typ = types[name]
-            if isinstance(typ, type) and issubclass(typ, _Config):
-                if value is not None and not isinstance(value, dict):
-                    raise ConfigError(f"'{name}' must be a mapping, got {value!r}")
-                try:
-                    value = typ.from_dict(value)
-                except FieldError as exc:
-                    raise exc.under(name) from None
-            try:
-                kwargs[name] = _coerce(name, value, typ)
-            except FieldError as exc:
-                raise _with_default(exc, cls, name) from None
-        return cls(**kwargs)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "_Config":
-        """Read a YAML file strictly (no repeated keys); every problem names the file."""
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path} (pass an existing YAML file to --config)")
-        data = load_yaml_file(path, "config file")
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-        try:
-            return cls.from_dict(data)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-
-    def replace(self, **changes: Any) -> "_Config":
-        return dataclasses.replace(self, **changes)
-
-
-def duplicate_names(field_name: str, names: list[str], hint: str = "") -> list[str]:
-    """One problem line per name that appears more than once in a list of named items."""
-    return [f"{field_name}: '{n}' appears twice{hint}" for n in sorted({n for n in names if names.count(n) > 1})]
-
-
-def _with_default(exc: "FieldError", cls: type, name: str) -> "FieldError":
-    """Add the field's default as the fix, unless the message already suggests a value."""
-    f = next(f for f in fields(cls) if f.name == name)
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    if "(e.g." in exc.detail or default is dataclasses.MISSING or default is None \
-            or isinstance(default, _Config):
-        return exc
-    return FieldError(exc.field, f"{exc.detail} (e.g. {default!r}, the default)")
-
-
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def _unwrap(typ: Any) -> tuple[Any, Any]:
-    """``Optional[X]`` -> (X, origin of X); other hints unchanged."""
-    origin = get_origin(typ)
-    args = [a for a in get_args(typ) if a is not type(None)]
-    if origin is not None and len(args) == 1 and origin is not list:
-        typ, origin = args[0], get_origin(args[0])
-    return typ, origin
-
-
-def _coerce(name: str, value: Any, typ: Any) -> Any:
-    """Type checking for YAML values: whole numbers for ints, finite numbers for floats, lists for
-    lists (element by element), text for strings. Lossless conversions are made (3 -> 3.0, 3.0 -> 3,
-    a number given for a text field -> its text); anything else is one ``FieldError``."""
-    if value is None:
-        return None
-    typ, origin = _unwrap(typ)
-    if typ in (int, float) and isinstance(value, str) and _NUMBER.match(value.strip()):
-        value = float(value)  # YAML 1.1 reads `2e-4` and `1e12` (no dot) as text
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FieldError(name, f"must be a whole number, got {value!r}")
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise FieldError(name, f"must be a finite whole number, got {value!r}")
-            if not value.is_integer():
-                example = math.floor(value)
-                raise FieldError(name, f"must be a whole number, got {value!r} (e.g. {example})")
-            return int(value)
-        return value
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FieldError(name, f"must be a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise FieldError(name, f"must be a finite number, got {value!r}")
-        return value
-    if typ is bool and not isinstance(value, bool):
-        raise FieldError(name, f"must be true or false, got {value!r}")
-    if typ is str and not isinstance(value, str):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # `output: 2024`, `label: 7`: the user meant the text
-        raise FieldError(name, f"must be text, got {value!r}")
-    if origin is list:
-        if isinstance(value, tuple):  # made in code: a tuple is as good as a list
-            value = list(value)
-        if not isinstance(value, list):
-            raise FieldError(name, f"must be a list, got {value!r}")
-        (item,) = get_args(typ) or (Any,)
-        if item in (int, float):
-            return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
-    return value
-
-
-def type_problems(cfg: "_Config", prefix: str = "") -> list[str]:
-    """Every field of ``cfg`` (and of the configs inside it) whose value has the wrong type.
-
-    ``from_dict`` refuses such values one at a time; this finds them in a config built or changed in
-    code (CLI flags set attributes directly), so NaN, infinity, 2.7 steps or a bool never pass
-    ``validate``. The lossless conversions of ``from_dict`` are applied in place (3.0 -> 3), so the
-    code after ``validate`` sees the declared types however the config was made."""
-    out = _own_type_problems(cfg, prefix)
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, _Config):
-            out += type_problems(value, f"{prefix}{f.name}.")
-    return out
-
-
-def _own_type_problems(cfg: "_Config", prefix: str = "") -> list[str]:
-    out = []
-    types = get_type_hints(type(cfg))
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, _Config):
-            continue
-        if isinstance(value, list) and value and all(isinstance(v, _Config) for v in value):
-            for i, v in enumerate(value):
-                out += type_problems(v, f"{prefix}{f.name}[{i}].")
-            continue
-        try:
-            checked = _coerce(f.name, value, types[f.name])
-        except FieldError as exc:
-            out.append(f"{prefix}{exc.field} {exc.detail}")
-            continue
-        if checked is not value:
-            setattr(cfg, f.name, checked)
-    return out
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -234,7 +28,7 @@ SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with
 
 
 @dataclass
-class DataConfig(_Config):
+class DataConfig(Config):
     """Where the training examples come from and how they are split and tokenised."""
 
     path: str | None = None
@@ -309,7 +103,7 @@ class DataConfig(_Config):
 
 
 @dataclass
-class ProbeConfig(_Config):
+class ProbeConfig(Config):
     """Gradient probe and layer selection (paper §3.2-3.3)."""
 
     batches: int = 5
@@ -376,7 +170,7 @@ class ProbeConfig(_Config):
 
 
 @dataclass
-class AdapterConfig(_Config):
+class AdapterConfig(Config):
     """LoRA ranks and placement. Standard LoRA uses ``standard_rank`` on every layer."""
 
     attention_rank: int = 16
@@ -414,7 +208,7 @@ class AdapterConfig(_Config):
 
 
 @dataclass
-class TrainConfig(_Config):
+class TrainConfig(Config):
     """The shared recipe of both methods (paper §3.4): AdamW, warmup then cosine, steps or epochs."""
 
     steps: int = 200
@@ -520,7 +314,7 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 @dataclass
-class ArchitectureConfig(_Config):
+class ArchitectureConfig(Config):
     """Where the blocks and adapter modules are, for models outside the registry (or to override it).
 
     Leave empty to use the registry entry for the model's ``model_type``, else the generic search."""
@@ -544,7 +338,7 @@ class ArchitectureConfig(_Config):
 
 
 @dataclass
-class MemoryConfig(_Config):
+class MemoryConfig(Config):
     """Ways to fit a model that does not fit plainly: 4-bit weights, several GPUs, recomputation."""
 
     quantize: str | None = None
@@ -564,7 +358,7 @@ class MemoryConfig(_Config):
 
 
 @dataclass
-class RunConfig(_Config):
+class RunConfig(Config):
     """Everything one ``aletheia probe|train|compare`` run needs; saved as ``config.yaml``."""
 
     model: str | None = None

@@ -2,7 +2,7 @@
 
 A campaign is data (paper §4.5): the spec names what to run; the runner expands it into one job per
 (model, seed, recipe, budget), each with its own run folder and result record. The spec is a typed
-``_Config`` like every other stage: unknown keys are rejected, ``validate`` lists every problem at
+``Config`` like every other stage: unknown keys are rejected, ``validate`` lists every problem at
 once, and it round-trips through YAML. Strings are accepted as shorthand for models and recipes
 (``- aletheia`` is ``- {name: aletheia}``); ``to_dict`` always writes the full form.
 """
@@ -15,19 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (
-    MAX_STEPS,
-    AdapterConfig,
-    DataConfig,
-    FieldError,
-    ProbeConfig,
-    TrainConfig,
-    _Config,
-    duplicate_names,
-)
+from ..config import MAX_STEPS, AdapterConfig, DataConfig, ProbeConfig, TrainConfig
 from ..embedded import embedded_model
 from ..errors import AletheiaError, ConfigError
 from ..registry import Registry
+from ..typed_config import Config, FieldError, duplicate_names
 from ..yaml_io import load_yaml_file
 
 MATCH_MODES = ("factor", "wallclock")
@@ -39,7 +31,7 @@ _RANDOM_RE = re.compile(r"^random:([a-z0-9_]+)(?::(\d+))?$")
 
 
 @dataclass
-class ModelSpec(_Config):
+class ModelSpec(Config):
     """One model of the campaign, with the per-model settings the paper varied (batch, lr, dtype)."""
 
     id: str = "default"
@@ -95,7 +87,7 @@ class ModelSpec(_Config):
 
 
 @dataclass
-class RecipeSpec(_Config):
+class RecipeSpec(Config):
     """One recipe. ``standard`` is the all-layer baseline every other recipe is paired against."""
 
     name: str = "aletheia"
@@ -212,7 +204,7 @@ RECIPES = tuple(RECIPE_KINDS)
 
 
 @dataclass
-class EvalSuiteConfig(_Config):
+class EvalSuiteConfig(Config):
     """What each run is evaluated on. Held-out loss is always measured; benchmarks are optional."""
 
     benchmarks: list[str] = field(default_factory=list)
@@ -247,7 +239,7 @@ class EvalSuiteConfig(_Config):
 
 
 @dataclass
-class ExecutorConfig(_Config):
+class ExecutorConfig(Config):
     """Where the runs execute (registry ``aletheia.campaign.executors.EXECUTORS``)."""
 
     name: str = "local"
@@ -297,7 +289,7 @@ class ExecutorConfig(_Config):
 
 
 @dataclass
-class CampaignSpec(_Config):
+class CampaignSpec(Config):
     """A paired multi-seed experiment: every model × seed × recipe, paired against ``standard``."""
 
     name: str = "campaign"
@@ -389,7 +381,7 @@ def _as_list(value: Any, name: str) -> list:
     return value
 
 
-def _entry(cls: type[_Config], value: Any, key: str, name: str) -> _Config:
+def _entry(cls: type[Config], value: Any, key: str, name: str) -> Config:
     """One ``models`` / ``recipes`` entry; ``name`` (``models[2]``) prefixes a wrong-type field."""
     if isinstance(value, cls):
         return value

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import DataConfig, _Config
+from ..config import DataConfig
 from ..errors import AletheiaError
 from ..registry import Registry
+from ..typed_config import Config
 from .gsm8k import evaluate_gsm8k
 from .heldout import evaluate_heldout
 from .humaneval import evaluate_humaneval
@@ -45,7 +46,7 @@ GSM8K_FORMATS = ("auto", "8shot", "chat-0shot")
 
 
 @dataclass
-class EvalConfig(_Config):
+class EvalConfig(Config):
     """What to evaluate and how; saved in ``eval.json`` so a result can be reproduced."""
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))

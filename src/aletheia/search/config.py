@@ -13,17 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..campaign.spec import ExecutorConfig
-from ..config import (
-    MAX_STEPS,
-    AdapterConfig,
-    DataConfig,
-    FieldError,
-    ProbeConfig,
-    TrainConfig,
-    _Config,
-    duplicate_names,
-)
+from ..config import MAX_STEPS, AdapterConfig, DataConfig, ProbeConfig, TrainConfig
 from ..errors import ConfigError
+from ..typed_config import Config, FieldError, duplicate_names
 
 STAGES = ("probe", "scan", "full", "push", "optuna", "ablation")
 """The stages of a search, in the order they run."""
@@ -36,7 +28,7 @@ PRUNERS = ("median", "none")
 
 
 @dataclass
-class ArmSpec(_Config):
+class ArmSpec(Config):
     """One recipe candidate: how many probe-ranked layers, which modules, which ranks, which lr."""
 
     name: str = "arm"
@@ -92,7 +84,7 @@ def paper_arms() -> list[ArmSpec]:
 
 
 @dataclass
-class ScanConfig(_Config):
+class ScanConfig(Config):
     """Quick scan: every arm for a few steps; the best go on to full runs."""
 
     steps: int = 150
@@ -118,7 +110,7 @@ class ScanConfig(_Config):
 
 
 @dataclass
-class FullConfig(_Config):
+class FullConfig(Config):
     """Full runs: the top quick-scan candidates at the full step count, with a standard baseline."""
 
     steps: int = 500
@@ -139,7 +131,7 @@ class FullConfig(_Config):
 
 
 @dataclass
-class PushVariation(_Config):
+class PushVariation(Config):
     """A change applied to the winner of the full runs."""
 
     name: str = "push"
@@ -170,7 +162,7 @@ def paper_push() -> list[PushVariation]:
 
 
 @dataclass
-class PushConfig(_Config):
+class PushConfig(Config):
     """Push: variations around the full-run winner, at the full step count."""
 
     variations: list[PushVariation] = field(default_factory=paper_push)
@@ -185,7 +177,7 @@ class PushConfig(_Config):
 
 
 @dataclass
-class AblationConfig(_Config):
+class AblationConfig(Config):
     """A 2 × 2 factorial over the two most important factors, each cell once per seed."""
 
     seeds: list[int] = field(default_factory=lambda: [42, 123, 999])
@@ -227,7 +219,7 @@ class AblationConfig(_Config):
 
 
 @dataclass
-class OptunaConfig(_Config):
+class OptunaConfig(Config):
     """Optional search beyond the fixed arms (needs ``optuna``); its trials are ordinary runs."""
 
     trials: int = 0
@@ -265,7 +257,7 @@ class OptunaConfig(_Config):
 
 
 @dataclass
-class SearchConfig(_Config):
+class SearchConfig(Config):
     """``aletheia search``: an automated recipe search on one model and one dataset."""
 
     name: str = "search"
@@ -325,7 +317,7 @@ class SearchConfig(_Config):
         return p
 
 
-def _with_list(section: Any, key: str, cls: type[_Config]) -> Any:
+def _with_list(section: Any, key: str, cls: type[Config]) -> Any:
     """Turn the mappings of ``section[key]`` into typed configs (the base from_dict keeps lists raw)."""
     if section is None or not isinstance(section, dict) or key not in section:
         return section
