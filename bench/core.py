@@ -26,7 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from aletheia.architectures import get_architecture, num_layers
 from aletheia.config import AdapterConfig
-from aletheia.data import load_examples, probe_batches, tokenize_examples, train_batches
+from aletheia.data import probe_batches, tokenize_examples, train_batches
+from aletheia.examples import load_examples
 from aletheia.lm_loss import causal_lm_loss
 from aletheia.lora import aletheia_lora_config, apply_lora, standard_lora_config
 from aletheia.models import load_model_and_tokenizer

@@ -26,7 +26,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from aletheia.architectures import get_architecture, num_layers
 from aletheia.config import TrainConfig
-from aletheia.data import load_examples, tokenize_examples, train_batches
+from aletheia.data import tokenize_examples, train_batches
+from aletheia.examples import load_examples
 from aletheia.lm_loss import causal_lm_loss
 from aletheia.lora import apply_lora, standard_lora_config
 from aletheia.models import load_model_and_tokenizer

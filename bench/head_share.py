@@ -24,7 +24,8 @@ from core import timed_step  # bench/core.py: the same timed step as the core be
 from torch.utils.flop_counter import FlopCounterMode
 
 from aletheia.architectures import get_architecture, num_layers
-from aletheia.data import load_examples, tokenize_examples, train_batches
+from aletheia.data import tokenize_examples, train_batches
+from aletheia.examples import load_examples
 from aletheia.lm_loss import causal_lm_loss, scored_positions
 from aletheia.lora import apply_lora, standard_lora_config
 from aletheia.models import load_model_and_tokenizer

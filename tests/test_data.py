@@ -6,8 +6,9 @@ import pytest
 from conftest import CharTokenizer
 
 from aletheia.bootstrap import generate_bootstrap
-from aletheia.data import IGNORE_INDEX, load_examples, read_examples, split_examples, tokenize_example
+from aletheia.data import IGNORE_INDEX, tokenize_example
 from aletheia.errors import AletheiaError
+from aletheia.examples import load_examples, read_examples, split_examples
 
 
 def write_lines(path, rows):

@@ -13,16 +13,9 @@ from conftest import run_cli, save_tiny_model
 
 from aletheia.chat_templates import CHAT_TEMPLATES, use_chat_template
 from aletheia.config import DataConfig, RunConfig
-from aletheia.data import (
-    IGNORE_INDEX,
-    Example,
-    load_examples,
-    prompt_text,
-    read_examples,
-    tokenize_example,
-    tokenize_examples,
-)
+from aletheia.data import IGNORE_INDEX, prompt_text, tokenize_example, tokenize_examples
 from aletheia.errors import AletheiaError, ConfigError
+from aletheia.examples import Example, load_examples, read_examples
 
 datasets = pytest.importorskip("datasets")
 pd = pytest.importorskip("pandas")

@@ -9,7 +9,8 @@ import torch
 from conftest import alpaca_records, run_cli, save_tiny_model
 
 from aletheia.chat_templates import CHAT_TEMPLATES
-from aletheia.data import Example, prompt_text
+from aletheia.data import prompt_text
+from aletheia.examples import Example
 from aletheia.generate import Sampling, build_prompt, load_for_generation, run_generate
 
 PROMPT = "Add 3 and 4."

@@ -11,8 +11,9 @@ from conftest import CharTokenizer, alpaca_records, run_cli, save_tiny_model, ti
 from aletheia import TrainConfig, train_lora
 from aletheia.architectures import get_architecture
 from aletheia.config import RunConfig
-from aletheia.data import batches_per_epoch, load_examples, tokenize_examples
+from aletheia.data import batches_per_epoch, tokenize_examples
 from aletheia.errors import ConfigError
+from aletheia.examples import load_examples
 from aletheia.lora import apply_lora, standard_lora_config
 
 FAST = ["--batch-size", "2", "--max-length", "64", "--quiet", "--accuracy-examples", "0", "--batches", "1"]

@@ -7,7 +7,8 @@ from conftest import CharTokenizer, alpaca_records, tiny_llama
 
 from aletheia.architectures import get_architecture
 from aletheia.config import TrainConfig
-from aletheia.data import Example, tokenize_examples
+from aletheia.data import tokenize_examples
+from aletheia.examples import Example
 from aletheia.lora import aletheia_lora_config, apply_lora
 from aletheia.train import train_lora
 from aletheia.utils import set_seed

@@ -19,10 +19,10 @@ import pytest
 from aletheia.campaign import load_spec
 from aletheia.campaign.report import write_report
 from aletheia.config import MAX_STEPS, RunConfig, TrainConfig
-from aletheia.data import read_examples
 from aletheia.errors import AletheiaError, ConfigError
 from aletheia.evaluation.run import find_adapters
 from aletheia.evaluation.suite import EvalConfig
+from aletheia.examples import read_examples
 from aletheia.models import fetch_default_model, load_model_and_tokenizer, resolve_model_path
 from aletheia.search.config import SearchConfig, load_search_config
 
@@ -256,7 +256,7 @@ def _huge_jsonl_line(tmp_path: Path) -> tuple[Path, str]:  # far over the cap: r
 @pytest.mark.parametrize("make", [_big_json_array, _big_jsonl_row, _huge_jsonl_line],
                          ids=["json-record", "jsonl-row", "jsonl-line-unparsed"])
 def test_a_row_over_the_size_cap_names_the_file_and_row(tmp_path, monkeypatch, make):
-    monkeypatch.setattr("aletheia.data.MAX_EXAMPLE_CHARS", 100)
+    monkeypatch.setattr("aletheia.examples.MAX_EXAMPLE_CHARS", 100)
     path, where = make(tmp_path)
     with pytest.raises(AletheiaError) as err:
         read_examples(path)

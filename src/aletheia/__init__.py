@@ -13,8 +13,9 @@ The library API, in the order of the algorithm::
 from . import selectors  # noqa: F401 - registers the comparison selectors in SELECTORS
 from .architectures import ARCHITECTURES, Architecture, get_architecture, get_blocks
 from .config import AdapterConfig, DataConfig, ProbeConfig, RunConfig, TrainConfig
-from .data import load_examples, probe_batches, read_examples, tokenize_examples
+from .data import probe_batches, tokenize_examples
 from .errors import AletheiaError, ConfigError
+from .examples import load_examples, read_examples
 from .lm_loss import causal_lm_loss
 from .lora import aletheia_lora_config, apply_lora, standard_lora_config, verify_adapters
 from .models import fetch_default_model, load_model_and_tokenizer

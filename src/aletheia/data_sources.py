@@ -3,7 +3,7 @@ files, folders written by ``save_to_disk``, and hub datasets (with a configurati
 
 Each source yields ``(where, row)`` pairs; ``where`` names the file (or dataset and split) and the
 row, so a malformed row is reported where the user can find it. JSON and JSONL files are read by
-``data.py`` itself, line by line, for the same reason: pyarrow's JSON reader names no line and
+``examples.py``, line by line, for the same reason: pyarrow's JSON reader names no line and
 refuses rows whose fields differ. ``datasets`` is imported only when one of these sources is used
 (it takes seconds to import).
 """

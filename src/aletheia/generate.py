@@ -19,8 +19,9 @@ from typing import Callable
 
 import torch
 
-from .data import Example, prompt_text
+from .data import prompt_text
 from .errors import AletheiaError
+from .examples import Example
 from .utils import resolve_device, set_seed
 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")

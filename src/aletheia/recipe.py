@@ -19,17 +19,10 @@ from .chat_templates import use_chat_template
 from .checkpoint import trainable_state
 from .config import MAX_STEPS, RunConfig, TrainConfig
 from .cost import matched_adapter, module_shapes
-from .data import (
-    Example,
-    batches_per_epoch,
-    eval_batches,
-    load_examples,
-    probe_batches,
-    split_examples,
-    tokenize_examples,
-)
+from .data import batches_per_epoch, eval_batches, probe_batches, tokenize_examples
 from .errors import AletheiaError
 from .evaluation.loss import exact_match_accuracy, heldout_loss
+from .examples import Example, load_examples, split_examples
 from .interrupts import graceful_stop
 from .lora import aletheia_lora_config, apply_lora, found_adapters, standard_lora_config, trainable_parameters
 from .models import check_quantize, load_model_and_tokenizer

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..chat_templates import use_chat_template
-from ..data import IGNORE_INDEX, eval_batches, load_examples, split_examples, tokenize_examples
+from ..data import IGNORE_INDEX, eval_batches, tokenize_examples
+from ..examples import load_examples, split_examples
 from .loss import heldout_loss
 
 

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import Example, prompt_text
+from ..data import prompt_text
+from ..examples import Example
 from ..lm_loss import scored_logits
 from ..utils import mixed_precision, weights_dtype
 
