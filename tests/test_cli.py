@@ -249,7 +249,7 @@ def library(monkeypatch):
                              eval_loss_before=2.0, eval_loss=1.5)
     searched = {"stages_done": [], "winner": None, "report": "r", "figure": "f"}
     fakes = {
-        "aletheia.models.fetch_model": Recorder("/cache/model"),
+        "aletheia.fetch.fetch_model": Recorder("/cache/model"),
         "aletheia.bootstrap.write_bootstrap": Recorder("b.json"),
         "aletheia.recipe.run_probe_only": Recorder(selection),
         "aletheia.recipe.run_training": Recorder(record),

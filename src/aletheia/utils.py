@@ -24,6 +24,12 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cache_dir() -> Path:
+    """Where converted checkpoints live: ``$ALETHEIA_CACHE`` or ``~/.cache/aletheia``."""
+    root = os.environ.get("ALETHEIA_CACHE") or Path.home() / ".cache" / "aletheia"
+    return Path(root)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write through a temporary file and rename, so a kill never leaves a half-written file."""
     path = Path(path)

