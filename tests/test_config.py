@@ -52,3 +52,17 @@ def test_missing_or_broken_config_file(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         RunConfig.from_yaml(bad)
+
+
+def test_declared_limits_word_every_breach_the_same_way():
+    from aletheia.typed_config import at_least, one_of, positive, within
+
+    assert at_least(1).problem("grad_accum", 0) == "grad_accum=0 must be at least 1"
+    assert at_least(0, " (0 means all)").problem("mmlu_n", -1) == "mmlu_n=-1 must be >= 0 (0 means all)"
+    assert positive().problem("lr", 0.0) == "lr=0.0 must be positive"
+    assert within(0, 1, "low").problem("fraction", 0) == "fraction=0 must be in (0, 1]"
+    assert one_of(("cosine", "linear")).problem("scheduler", "step") == \
+        "scheduler='step' is unknown; use one of cosine, linear"
+    assert at_least(1).problem("save_every", None) is None and within(0, 1, "low").problem("fraction", 1.0) is None
+    with pytest.raises(ConfigError, match="train.grad_accum=0 must be at least 1; train.lr=-1.0 must be positive"):
+        RunConfig.from_dict({"train": {"grad_accum": 0, "lr": -1.0}}).validate()

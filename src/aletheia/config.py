@@ -12,12 +12,17 @@ import math
 from dataclasses import dataclass, field
 
 from . import trackers as tracking
-from .typed_config import Config
+from .typed_config import Config, at_least, one_of, positive, within
 
 MAX_STEPS = 10_000_000
 """Largest accepted number of optimizer steps. Even the smallest model manages a few hundred steps a
 second at best, so ten million is weeks of training: a larger value is a typo (an extra 000) or an
 exponent (1e12), and it would otherwise run, print nothing useful and never finish."""
+
+
+def over_cap(steps: int, hint: str) -> list[str]:
+    """The problem of a step count beyond ``MAX_STEPS``, if it is one (``hint``: the usual value)."""
+    return [f"steps={steps} is beyond the cap of {MAX_STEPS:,} optimizer steps {hint}"] if steps > MAX_STEPS else []
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -61,17 +66,12 @@ class DataConfig(Config):
     paper's setting). A model whose attention cannot keep packed examples apart stays padded and
     says so."""
 
+    LIMITS = {"max_length": at_least(8, " (e.g. 256)"), "eval_fraction": within(0, 1, "both", " (e.g. 0.1)"),
+              "max_eval_examples": at_least(1), "bootstrap_size": at_least(10),
+              "train_on": one_of(("all_assistant", "last_assistant"))}
+
     def problems(self) -> list[str]:
-        p = []
-        if self.max_length < 8:
-            p.append(f"max_length={self.max_length} is too small (use at least 8, e.g. 256)")
-        if not 0.0 < self.eval_fraction < 1.0:
-            p.append(f"eval_fraction={self.eval_fraction} must be between 0 and 1 (e.g. 0.1)")
-        if self.max_eval_examples < 1:
-            p.append(f"max_eval_examples={self.max_eval_examples} must be at least 1")
-        if self.bootstrap_size < 10:
-            p.append(f"bootstrap_size={self.bootstrap_size} must be at least 10")
-        return p + self._source_problems()
+        return super().problems() + self._source_problems()
 
     def _source_problems(self) -> list[str]:
         from .chat_templates import resolve_chat_template  # lazy, as the selectors below
@@ -90,8 +90,6 @@ class DataConfig(Config):
                                  else "") + f"; the fields are {', '.join(ROW_FIELDS)}")
                     elif not isinstance(col, str) or not col:
                         p.append(f"columns: {ours} must name a column, got {col!r} ({example})")
-        if self.train_on not in ("all_assistant", "last_assistant"):
-            p.append(f"train_on={self.train_on!r} is unknown; use all_assistant or last_assistant")
         if not isinstance(self.split, str) or not self.split:
             p.append(f"split={self.split!r} must name a split, e.g. train")
         if self.chat_template is not None:
@@ -132,18 +130,15 @@ class ProbeConfig(Config):
     """``cost-aware`` with ``time_budget``: when no layer set fits the budget, take the fastest set
     instead of stopping with an error (the campaign's ``cost_aware`` recipe sets it)."""
 
+    LIMITS = {"batches": at_least(1, " (the paper uses 5)"), "batch_size": at_least(1), "mode": one_of(PROBE_MODES),
+              "chunk_size": at_least(1, " (the paper uses 8)"),
+              "fraction": within(0, 1, "low", ", e.g. 0.5 for half the layers"),
+              "time_budget": within(0, 1, "low", ", a fraction of standard LoRA's step time"),
+              "tradeoff": at_least(0, " (0 keeps the most signal regardless of time)"),
+              "calibration_rounds": at_least(1)}
+
     def problems(self) -> list[str]:
-        p = []
-        if self.batches < 1:
-            p.append(f"batches={self.batches} must be at least 1 (the paper uses 5)")
-        if self.batch_size < 1:
-            p.append(f"batch_size={self.batch_size} must be at least 1")
-        if self.mode not in PROBE_MODES:
-            p.append(f"mode={self.mode!r} is unknown; use one of {', '.join(PROBE_MODES)}")
-        if self.chunk_size < 1:
-            p.append(f"chunk_size={self.chunk_size} must be at least 1 (the paper uses 8)")
-        if not 0.0 < self.fraction <= 1.0:
-            p.append(f"fraction={self.fraction} must be in (0, 1], e.g. 0.5 for half the layers")
+        p = super().problems()
         if self.layers is not None and (
             not self.layers or any(not isinstance(i, int) or i < 0 for i in self.layers)
         ):
@@ -158,14 +153,8 @@ class ProbeConfig(Config):
             if self.selector not in SELECTORS:
                 p.append(f"selector={self.selector!r} is unknown; use one of "
                          f"{', '.join(sorted(SELECTORS))}")
-        if self.time_budget is not None and not 0.0 < self.time_budget <= 1.0:
-            p.append(f"time_budget={self.time_budget} must be in (0, 1], a fraction of standard LoRA's step time")
-        if self.tradeoff is not None and self.tradeoff < 0:
-            p.append(f"tradeoff={self.tradeoff} must be >= 0 (0 keeps the most signal regardless of time)")
         if self.time_budget is not None and self.tradeoff is not None:
             p.append("time_budget and tradeoff are alternatives; give one of them")
-        if self.calibration_rounds < 1:
-            p.append(f"calibration_rounds={self.calibration_rounds} must be at least 1")
         return p
 
 
@@ -190,17 +179,12 @@ class AdapterConfig(Config):
     many trainable parameters as standard LoRA without exceeding them: the paper's selection keeps
     most of the parameters (4–16% fewer) by giving fewer layers larger ranks."""
 
+    LIMITS = {"attention_rank": at_least(1), "mlp_rank": at_least(1), "standard_rank": at_least(1),
+              "alpha_ratio": positive(" (2.0 gives alpha = 2*r)"), "dropout": within(0, 1, "high"),
+              "modules": one_of(("attention", "mlp", "both"))}
+
     def problems(self) -> list[str]:
-        p = []
-        for name in ("attention_rank", "mlp_rank", "standard_rank"):
-            if getattr(self, name) < 1:
-                p.append(f"{name}={getattr(self, name)} must be at least 1")
-        if self.alpha_ratio <= 0:
-            p.append(f"alpha_ratio={self.alpha_ratio} must be positive (2.0 gives alpha = 2*r)")
-        if not 0.0 <= self.dropout < 1.0:
-            p.append(f"dropout={self.dropout} must be in [0, 1)")
-        if self.modules not in ("attention", "mlp", "both"):
-            p.append(f"modules={self.modules!r} must be attention, mlp or both")
+        p = super().problems()
         if self.match_parameters and self.modules == "attention":
             p.append("match_parameters raises the MLP rank, but modules=attention trains no MLP adapters; "
                      "use modules both or mlp")
@@ -252,42 +236,19 @@ class TrainConfig(Config):
     (FSDP2 through accelerate, one shard unit per decoder block); ``accelerate launch --use_fsdp
     --fsdp_version 2`` does the same. One process: no effect."""
 
+    LIMITS = {"steps": at_least(1, " optimizer step (e.g. 200)"), "scheduler": one_of(SCHEDULERS),
+              "epochs": within(0, MAX_STEPS, "low", " passes over the data (e.g. 3)"),
+              "batch_size": at_least(1), "grad_accum": at_least(1), "lr": positive(" (e.g. 2e-4)"),
+              "warmup_steps": at_least(0), "weight_decay": at_least(0), "max_grad_norm": positive(),
+              "dtype": one_of(DTYPES), "log_every": at_least(1),
+              "save_every": at_least(1, " (or leave it out: no periodic checkpoints)"), "keep_last": at_least(1),
+              "eval_every": at_least(1, " (or leave it out)")}
+
     def problems(self) -> list[str]:
-        p = []
-        if self.steps < 1:
-            p.append(f"steps={self.steps} must be a positive number of optimizer steps (e.g. 200)")
-        elif self.steps > MAX_STEPS:
-            p.append(f"steps={self.steps} is beyond the cap of {MAX_STEPS:,} optimizer steps "
-                     "(weeks of training even for a tiny model); check for a typo, e.g. 200")
-        if self.epochs is not None and not 0 < self.epochs <= MAX_STEPS:
-            p.append(f"epochs={self.epochs} must be a positive number of passes over the data (e.g. 3)")
-        if self.scheduler not in SCHEDULERS:
-            p.append(f"scheduler={self.scheduler!r} is unknown; use one of {', '.join(SCHEDULERS)}")
-        if self.batch_size < 1:
-            p.append(f"batch_size={self.batch_size} must be at least 1")
-        if self.grad_accum < 1:
-            p.append(f"grad_accum={self.grad_accum} must be at least 1")
-        if not self.lr > 0:
-            p.append(f"lr={self.lr} must be positive (e.g. 2e-4)")
-        if self.warmup_steps < 0:
-            p.append(f"warmup_steps={self.warmup_steps} must be >= 0")
-        if self.weight_decay < 0:
-            p.append(f"weight_decay={self.weight_decay} must be >= 0")
+        p = super().problems() + over_cap(self.steps, "(weeks of training even for a tiny model); check for a "
+                                                      "typo, e.g. 200")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             p.append(f"betas={self.betas} must be two numbers in [0, 1)")
-        if self.max_grad_norm <= 0:
-            p.append(f"max_grad_norm={self.max_grad_norm} must be positive")
-        if self.dtype not in DTYPES:
-            p.append(f"dtype={self.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
-        if self.log_every < 1:
-            p.append(f"log_every={self.log_every} must be at least 1")
-        if self.save_every is not None and self.save_every < 1:
-            p.append(f"save_every={self.save_every} must be at least 1 (or leave it out: no periodic "
-                     "checkpoints)")
-        if self.keep_last < 1:
-            p.append(f"keep_last={self.keep_last} must be at least 1")
-        if self.eval_every is not None and self.eval_every < 1:
-            p.append(f"eval_every={self.eval_every} must be at least 1 (or leave it out)")
         unknown = [name for name in self.report_to if name not in tracking.TRACKERS]
         if unknown:
             p.append(f"report_to={self.report_to}: unknown tracker(s) {', '.join(map(repr, unknown))}; "
@@ -348,13 +309,7 @@ class MemoryConfig(Config):
     gradient_checkpointing: bool = False
     """Recompute activations in backward (probe and training): less memory, same numbers, slower."""
 
-    def problems(self) -> list[str]:
-        p = []
-        if self.quantize is not None and self.quantize not in QUANTIZE:
-            p.append(f"quantize={self.quantize!r} is unknown; use {', '.join(QUANTIZE)} or leave it empty")
-        if self.device_map is not None and self.device_map not in DEVICE_MAPS:
-            p.append(f"device_map={self.device_map!r} is unknown; use one of {', '.join(DEVICE_MAPS)}")
-        return p
+    LIMITS = {"quantize": one_of(QUANTIZE, " or leave it empty"), "device_map": one_of(DEVICE_MAPS)}
 
 
 @dataclass
@@ -378,12 +333,4 @@ class RunConfig(Config):
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
-    def problems(self) -> list[str]:
-        p = []
-        if self.method not in METHODS:
-            p.append(f"method={self.method!r} is unknown; use one of {', '.join(METHODS)}")
-        if self.eval_accuracy_examples < 0:
-            p.append(f"eval_accuracy_examples={self.eval_accuracy_examples} must be >= 0")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            p.append(f"seed={self.seed} must be a non-negative integer")
-        return p
+    LIMITS = {"method": one_of(METHODS), "eval_accuracy_examples": at_least(0), "seed": at_least(0)}

@@ -3,7 +3,9 @@
 ``Config`` is the base of every stage config (config.py), the campaign and search specs and the
 evaluation config. ``from_dict`` rejects unknown keys (with a close match as the hint) and values of
 the wrong type, one ``FieldError`` naming the dotted field; ``validate`` collects every problem at
-once, types first, then each config's own ``problems()``, as one ``ConfigError``.
+once, types first, then each config's own ``problems()``, as one ``ConfigError``. The common checks
+are declared, not written: ``LIMITS`` maps a field to its range (``at_least``, ``positive``,
+``within``) or its choices (``one_of``), and every breach is worded the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import dataclasses
 import difflib
 import math
 import re
-from dataclasses import fields
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -35,11 +38,65 @@ class FieldError(ConfigError):
         return FieldError(f"{prefix}{sep}{self.field}", self.detail)
 
 
+@dataclass(frozen=True)
+class Limit:
+    """What one field's value must be: a number in a range, or one of some names. None passes
+    (an optional field left out)."""
+
+    low: float | None = None
+    high: float | None = None
+    open: str = ""
+    """The range ends that are excluded: ``low``, ``high`` or ``both``."""
+    choices: tuple[str, ...] = ()
+    hint: str = ""
+    """Said after the problem, e.g. ``" (e.g. 2e-4)"``."""
+
+    def problem(self, name: str, value: Any) -> str | None:
+        if value is None:
+            return None
+        if self.choices:
+            return None if value in self.choices else (
+                f"{name}={value!r} is unknown; use one of {', '.join(self.choices)}{self.hint}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None  # a type problem, reported as such
+        low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
+        fine = ((self.low is None or (value > self.low if low_open else value >= self.low))
+                and (self.high is None or (value < self.high if high_open else value <= self.high)))
+        if fine:
+            return None
+        if self.high is not None:
+            text = f"in {'(' if low_open else '['}{self.low:g}, {self.high:g}{')' if high_open else ']'}"
+        elif low_open and self.low == 0:
+            text = "positive"
+        else:
+            text = ">= 0" if self.low == 0 else f"at least {self.low:g}"
+        return f"{name}={value} must be {text}{self.hint}"
+
+
+def at_least(low: float, hint: str = "") -> Limit:
+    return Limit(low, hint=hint)
+
+
+def positive(hint: str = "") -> Limit:
+    return Limit(0, open="low", hint=hint)
+
+
+def within(low: float, high: float, open: str = "", hint: str = "") -> Limit:
+    return Limit(low, high, open, hint=hint)
+
+
+def one_of(choices: Iterable[str], hint: str = "") -> Limit:
+    return Limit(choices=tuple(choices), hint=hint)
+
+
 class Config:
     """Mixin: dict/YAML round trip, unknown-key rejection and collected validation."""
 
-    def problems(self) -> list[str]:  # overridden per stage
-        return []
+    LIMITS = {}  # noqa: RUF012 - field -> what its value must be (a class attribute, not a field)
+
+    def problems(self) -> list[str]:
+        """Everything wrong with this config's values (not their types), one line each."""
+        return [p for name, limit in self.LIMITS.items() if (p := limit.problem(name, getattr(self, name)))]
 
     def validate(self) -> "Config":
         problems = _own_type_problems(self) or self.problems()

@@ -19,7 +19,7 @@ from ..config import MAX_STEPS, AdapterConfig, DataConfig, ProbeConfig, TrainCon
 from ..embedded import embedded_model
 from ..errors import AletheiaError, ConfigError
 from ..registry import Registry
-from ..typed_config import Config, FieldError, duplicate_names
+from ..typed_config import Config, FieldError, at_least, duplicate_names, one_of, positive
 from ..yaml_io import load_yaml_file
 
 MATCH_MODES = ("factor", "wallclock")
@@ -67,22 +67,17 @@ class ModelSpec(Config):
             return f"random-{m.group(1)}" + (f"-{m.group(2)}L" if m.group(2) else "")
         return Path(self.id.rstrip("/")).name.removesuffix(".gguf")
 
+    LIMITS = {"batch_size": at_least(1), "lr": positive(), "dtype": one_of(("auto", "float32", "bfloat16", "float16")),
+              "gpus": at_least(0)}
+
     def problems(self) -> list[str]:
-        p = []
+        p = super().problems()
         if not self.id:
             p.append("id must name a model (hub id, folder, 'default' or 'random:llama')")
         elif self.id.startswith(RANDOM_PREFIX) and not _RANDOM_RE.match(self.id):
             p.append(f"id={self.id!r} must look like random:FAMILY or random:FAMILY:LAYERS, e.g. random:qwen2:8")
         if self.label is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.label):
             p.append(f"label={self.label!r} may only hold letters, digits, '.', '_' and '-'")
-        if self.batch_size is not None and self.batch_size < 1:
-            p.append(f"batch_size={self.batch_size} must be at least 1")
-        if self.lr is not None and not self.lr > 0:
-            p.append(f"lr={self.lr} must be positive")
-        if self.dtype is not None and self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            p.append(f"dtype={self.dtype!r} must be auto, float32, bfloat16 or float16")
-        if self.gpus is not None and self.gpus < 0:
-            p.append(f"gpus={self.gpus} must be >= 0")
         return p
 
 
@@ -215,10 +210,10 @@ class EvalSuiteConfig(Config):
     accuracy_examples: int = 0
     """Held-out bootstrap items answered greedily for exact-match accuracy (0: off, it is slow)."""
 
+    LIMITS = {"accuracy_examples": at_least(0)}
+
     def problems(self) -> list[str]:
-        p = []
-        if self.accuracy_examples < 0:
-            p.append(f"accuracy_examples={self.accuracy_examples} must be >= 0")
+        p = super().problems()
         if len(set(self.benchmarks)) != len(self.benchmarks):
             p.append(f"benchmarks={self.benchmarks} lists a benchmark twice")
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
@@ -267,24 +262,16 @@ class ExecutorConfig(Config):
     array_parallelism: int = 16
     """slurm: most array tasks running at once."""
 
+    LIMITS = {"cpus_per_run": at_least(1), "gpus_per_run": at_least(0), "num_cpus": at_least(1),
+              "cluster": one_of(("slurm", "local", "debug"), " (or leave it empty)"), "timeout_min": at_least(1),
+              "array_parallelism": at_least(1)}
+
     def problems(self) -> list[str]:
         from .executors import EXECUTORS
 
-        p = []
+        p = super().problems()
         if self.name not in EXECUTORS:
             p.append(f"name={self.name!r} is not an executor; use one of {', '.join(sorted(EXECUTORS))}")
-        if self.cpus_per_run < 1:
-            p.append(f"cpus_per_run={self.cpus_per_run} must be at least 1")
-        if self.gpus_per_run < 0:
-            p.append(f"gpus_per_run={self.gpus_per_run} must be >= 0")
-        if self.num_cpus is not None and self.num_cpus < 1:
-            p.append(f"num_cpus={self.num_cpus} must be at least 1")
-        if self.cluster not in (None, "slurm", "local", "debug"):
-            p.append(f"cluster={self.cluster!r} must be slurm, local or debug (or left empty)")
-        if self.timeout_min < 1:
-            p.append(f"timeout_min={self.timeout_min} must be at least 1")
-        if self.array_parallelism < 1:
-            p.append(f"array_parallelism={self.array_parallelism} must be at least 1")
         return p
 
 

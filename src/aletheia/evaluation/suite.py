@@ -15,7 +15,7 @@ from typing import Any
 from ..config import DataConfig
 from ..errors import AletheiaError
 from ..registry import Registry
-from ..typed_config import Config
+from ..typed_config import Config, at_least, one_of, positive
 from .gsm8k import evaluate_gsm8k
 from .heldout import evaluate_heldout
 from .humaneval import evaluate_humaneval
@@ -99,26 +99,16 @@ class EvalConfig(Config):
     data_seed: int = 42
     """Seed of the train/held-out split (a run folder's seed when ``--adapter`` is given)."""
 
+    LIMITS = {"backend": one_of(BACKENDS), "gsm8k_format": one_of(GSM8K_FORMATS),
+              **dict.fromkeys(("mmlu_n", "gsm8k_n", "humaneval_n", "mmlu_shots"), at_least(0, " (0 means all)")),
+              **dict.fromkeys(("batch_size", "gsm8k_max_new_tokens", "humaneval_max_new_tokens", "workers"),
+                              at_least(1)),
+              "timeout": positive(" (seconds per program, e.g. 10)"), "memory_mib": at_least(64, " (e.g. 1024)")}
+
     def problems(self) -> list[str]:
-        p = []
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks:
-            p.append(f"tasks={self.tasks} must be a non-empty list of {', '.join(TASKS)}")
-        if self.backend not in BACKENDS:
-            p.append(f"backend={self.backend!r} is unknown; use one of {', '.join(BACKENDS)}")
-        if self.gsm8k_format not in GSM8K_FORMATS:
-            p.append(f"gsm8k_format={self.gsm8k_format!r} is unknown; use one of {', '.join(GSM8K_FORMATS)}")
-        for name in ("mmlu_n", "gsm8k_n", "humaneval_n", "mmlu_shots"):
-            if getattr(self, name) < 0:
-                p.append(f"{name}={getattr(self, name)} must be >= 0 (0 means all)")
-        for name in ("batch_size", "gsm8k_max_new_tokens", "humaneval_max_new_tokens", "workers"):
-            if getattr(self, name) < 1:
-                p.append(f"{name}={getattr(self, name)} must be at least 1")
-        if self.timeout <= 0:
-            p.append(f"timeout={self.timeout} must be positive (seconds per program, e.g. 10)")
-        if self.memory_mib < 64:
-            p.append(f"memory_mib={self.memory_mib} is too small (use at least 64, e.g. 1024)")
-        return p
+        if self.tasks and all(t in TASKS for t in self.tasks):
+            return super().problems()
+        return [f"tasks={self.tasks} must be a non-empty list of {', '.join(TASKS)}", *super().problems()]
 
 
 def run_suite(model, tokenizer, tasks: list[str], cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:

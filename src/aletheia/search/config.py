@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..campaign.spec import ExecutorConfig
-from ..config import MAX_STEPS, AdapterConfig, DataConfig, ProbeConfig, TrainConfig
+from ..config import AdapterConfig, DataConfig, ProbeConfig, TrainConfig, over_cap
 from ..errors import ConfigError
-from ..typed_config import Config, FieldError, duplicate_names
+from ..typed_config import Config, FieldError, at_least, duplicate_names, one_of, positive, within
 
 STAGES = ("probe", "scan", "full", "push", "optuna", "ablation")
 """The stages of a search, in the order they run."""
@@ -25,6 +25,12 @@ FACTORS = ("layers", "modules", "attention_rank", "mlp_rank", "lr")
 """The five settings an arm fixes; the ablation picks two of them."""
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
+
+
+def _name_problems(name: str) -> list[str]:
+    if name and all(c.isalnum() or c in "._-" for c in name):
+        return []
+    return [f"name={name!r} may only hold letters, digits, '.', '_' and '-'"]
 
 
 @dataclass
@@ -44,20 +50,11 @@ class ArmSpec(Config):
     lr: float = 2e-4
     """Peak learning rate."""
 
+    LIMITS = {"layers": at_least(1), "modules": one_of(MODULE_SETS), "attention_rank": at_least(1),
+              "mlp_rank": at_least(1), "lr": positive(" (e.g. 2e-4)")}
+
     def problems(self) -> list[str]:
-        p = []
-        if not self.name or not all(c.isalnum() or c in "._-" for c in self.name):
-            p.append(f"name={self.name!r} may only hold letters, digits, '.', '_' and '-'")
-        if self.layers < 1:
-            p.append(f"{self.name}: layers={self.layers} must be at least 1")
-        if self.modules not in MODULE_SETS:
-            p.append(f"{self.name}: modules={self.modules!r} must be attention, mlp or both")
-        for key in ("attention_rank", "mlp_rank"):
-            if getattr(self, key) < 1:
-                p.append(f"{self.name}: {key}={getattr(self, key)} must be at least 1")
-        if not self.lr > 0:
-            p.append(f"{self.name}: lr={self.lr} must be positive (e.g. 2e-4)")
-        return p
+        return _name_problems(self.name) + [f"{self.name}: {q}" for q in super().problems()]
 
     def settings(self) -> dict[str, Any]:
         """The five factor values, for tables and the ablation."""
@@ -94,13 +91,10 @@ class ScanConfig(Config):
     baseline: bool = True
     """Also run standard LoRA for ``steps``, so every scan arm has a measured speed ratio."""
 
+    LIMITS = {"steps": at_least(1, " (the paper: 150)")}
+
     def problems(self) -> list[str]:
-        p = []
-        if self.steps < 1:
-            p.append(f"steps={self.steps} must be at least 1 (the paper: 150)")
-        elif self.steps > MAX_STEPS:
-            p.append(f"steps={self.steps} is beyond the cap of {MAX_STEPS:,} optimizer steps "
-                     "(the paper: 150)")
+        p = super().problems() + over_cap(self.steps, "(the paper: 150)")
         if not self.arms:
             p.append("arms must list at least one arm")
         for arm in self.arms:
@@ -118,16 +112,10 @@ class FullConfig(Config):
     candidates: int = 3
     """How many quick-scan arms advance (by held-out loss; ties go to the faster arm)."""
 
+    LIMITS = {"steps": at_least(1, " (the paper: 500)"), "candidates": at_least(1)}
+
     def problems(self) -> list[str]:
-        p = []
-        if self.steps < 1:
-            p.append(f"steps={self.steps} must be at least 1 (the paper: 500)")
-        elif self.steps > MAX_STEPS:
-            p.append(f"steps={self.steps} is beyond the cap of {MAX_STEPS:,} optimizer steps "
-                     "(the paper: 500)")
-        if self.candidates < 1:
-            p.append(f"candidates={self.candidates} must be at least 1")
-        return p
+        return super().problems() + over_cap(self.steps, "(the paper: 500)")
 
 
 @dataclass
@@ -143,9 +131,7 @@ class PushVariation(Config):
     """Multiplies the learning rate."""
 
     def problems(self) -> list[str]:
-        p = []
-        if not self.name or not all(c.isalnum() or c in "._-" for c in self.name):
-            p.append(f"name={self.name!r} may only hold letters, digits, '.', '_' and '-'")
+        p = _name_problems(self.name)
         if self.rank_factor <= 0 or self.lr_factor <= 0:
             p.append(f"{self.name}: rank_factor and lr_factor must be positive")
         if self.layers_delta == 0 and self.rank_factor == 1.0 and self.lr_factor == 1.0:
@@ -189,8 +175,10 @@ class AblationConfig(Config):
     alpha: float = 0.05
     """Significance level used in the report's wording."""
 
+    LIMITS = {"alpha": within(0, 1, "both", ", e.g. 0.05")}
+
     def problems(self) -> list[str]:
-        p = []
+        p = super().problems()
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             p.append(f"seeds={self.seeds} must be at least two distinct seeds (the paper: 42, 123, 999)")
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.seeds):
@@ -213,8 +201,6 @@ class AblationConfig(Config):
                                 p.append(f"factors.{name}: {exc}")
                                 continue
                             p += [f"factors.{q.split(': ', 1)[-1]}" for q in arm.problems()]
-        if not 0 < self.alpha < 1:
-            p.append(f"alpha={self.alpha} must be in (0, 1), e.g. 0.05")
         return p
 
 
@@ -237,14 +223,10 @@ class OptunaConfig(Config):
     lr: list[float] = field(default_factory=lambda: [5e-5, 1e-3])
     """Range of the learning rate (log scale)."""
 
+    LIMITS = {"trials": at_least(0), "sampler": one_of(SAMPLERS), "pruner": one_of(PRUNERS)}
+
     def problems(self) -> list[str]:
-        p = []
-        if self.trials < 0:
-            p.append(f"trials={self.trials} must be >= 0")
-        if self.sampler not in SAMPLERS:
-            p.append(f"sampler={self.sampler!r} must be one of {', '.join(SAMPLERS)}")
-        if self.pruner not in PRUNERS:
-            p.append(f"pruner={self.pruner!r} must be one of {', '.join(PRUNERS)}")
+        p = super().problems()
         if len(self.layers) != 2 or not 1 <= self.layers[0] <= self.layers[1]:
             p.append(f"layers={self.layers} must be [low, high] with 1 <= low <= high")
         if not self.modules or any(m not in MODULE_SETS for m in self.modules):
@@ -302,16 +284,12 @@ class SearchConfig(Config):
         out["push"]["variations"] = [v.to_dict() for v in self.push.variations]
         return out
 
+    LIMITS = {"seed": at_least(0), "eval_accuracy_examples": at_least(0), "tie_decimals": within(0, 8)}
+
     def problems(self) -> list[str]:
-        p = []
+        p = super().problems()
         if not self.model:
             p.append("model must name a model (hub id, folder, 'default' or 'random:llama')")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            p.append(f"seed={self.seed} must be a non-negative integer")
-        if self.eval_accuracy_examples < 0:
-            p.append(f"eval_accuracy_examples={self.eval_accuracy_examples} must be >= 0")
-        if not 0 <= self.tie_decimals <= 8:
-            p.append(f"tie_decimals={self.tie_decimals} must be between 0 and 8")
         if self.probe.layers is not None:
             p.append("probe.layers must stay empty: each arm takes its k layers from the probe ranking")
         return p
