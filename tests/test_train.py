@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from conftest import CharTokenizer, alpaca_records, tiny_llama
 
@@ -70,3 +71,11 @@ def test_a_non_finite_loss_fails_the_run_instead_of_crashing():
     result = train_lora(model, items(), cfg, seed=0, pad_id=2, progress=False)
     assert result.status == "failed"
     assert result.failure["step"] == 1 and "non-finite" in result.failure["reason"]
+
+
+def test_compiled_blocks_train_to_the_same_losses():
+    cfg = TrainConfig(steps=3, batch_size=2, grad_accum=1, lr=1e-2, warmup_steps=0)
+    eager = train_lora(selective_model(), items(), cfg, seed=0, pad_id=2, progress=False).losses
+    compiled = train_lora(selective_model(), items(), cfg.replace(compile=True), seed=0, pad_id=2,
+                          progress=False).losses
+    assert compiled == pytest.approx(eager, rel=1e-5)

@@ -22,6 +22,9 @@ configurations alike, and cached under ``<cache>/cost/<key>.json``. The timed st
 layout training will run (padding-free where ``packing.padding_free``), and times scale with the
 positions a micro-batch computes (its real tokens packed, batch x width padded); ``predict`` takes
 the token count to predict for.
+
+Size: over 400 lines because the model, its features, the timed steps it is fitted to and the cache
+key of a fit are one thing; a fit means nothing apart from the steps and shapes it was timed on.
 """
 
 from __future__ import annotations

@@ -138,6 +138,12 @@ def train_lora(
     scheduler = get_scheduler(SCHEDULERS[cfg.scheduler], optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)
     # the scheduler stays ours: accelerate's wrapper would step it N times per step under data parallel
     forward, optimizer = accelerator.prepare(model, optimizer)  # DDP/FSDP2 wrapper, scaler-aware optimizer
+    if cfg.compile:  # after sharding, as FSDP2 wants; the module's own weights and state-dict keys stay
+        import torch._inductor.config as inductor
+
+        inductor.fallback_random = True  # adapter dropout draws eager's masks: the same losses, resumable
+        for block in get_blocks(model):
+            block.compile(dynamic=True)
     step_times, losses, tokens, failure, records, before = [], [], 0, None, [], 0.0
     done = 0
     if resume_from is not None:  # weights, optimizer, schedule, RNG and metrics as they were

@@ -22,11 +22,12 @@ from ..registry import Registry
 if TYPE_CHECKING:  # the spec validates executor names against this registry: no import back
     from .spec import ExecutorConfig
 
-Event = Callable[[str, Any, "dict | None"], None]
+Event = Callable[[str, Any, Any], None]
 
 
 class Executor(Protocol):
-    def map(self, fn: Callable[[Any], dict], jobs: Sequence[Any], on_event: Event | None = None) -> list[dict]:
+    def map(self, fn: Callable[[Any], Any], jobs: Sequence[Any], on_event: Event | None = None) -> list[Any]:
+        """``fn`` over ``jobs``: its results (run records) in job order, a lost job's as a failure."""
         ...
 
 

@@ -4,6 +4,9 @@ Writes ``REPORT.md`` (speedup per model with 95% CI and p-value, MMLU forgetting
 deltas, compute-matched, layer budget, failures), ``FORGETTING_DELTAS_ANALYSIS.md``,
 ``COMPUTE_MATCHED_ANALYSIS.md`` and PNG figures in ``figures/``. Nothing here is typed in by hand:
 every number comes from ``results.csv`` (itself rebuilt from the run records) or the probe files.
+
+Size: over 400 lines because every table and document reads the one ``Campaign`` view of the
+results and shares its formatting; the figures are in ``figures.py``, the statistics in ``stats.py``.
 """
 
 from __future__ import annotations

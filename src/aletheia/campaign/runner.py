@@ -15,9 +15,13 @@ budget) and the base model's held-out metrics. Benchmarks on the base model are 
 The API for tools built on the runner (e.g. a recipe search):
 
 - ``plan_jobs(spec, campaign_dir) -> list[RunJob]``
-- ``run_one(job) -> record`` (picklable job, plain-dict record; safe to call in any process)
-- ``get_executor(cfg, campaign_dir).map(run_one, jobs, on_event) -> list[record]``
+- ``run_one(job) -> RunRecord`` (picklable job and record; safe to call in any process)
+- ``get_executor(cfg, campaign_dir).map(run_one, jobs, on_event) -> list[RunRecord]``
 - ``run_campaign(spec, campaign_dir) -> list[row]`` does all of it and writes ``results.csv``.
+
+Size: over 400 lines because planning, running one job with its shared probe and baseline, the
+benchmarks of a run, resuming and status are one life cycle over one folder layout; the record
+type and its store are in ``aletheia.runs``, the executors in ``executors.py``.
 """
 
 from __future__ import annotations

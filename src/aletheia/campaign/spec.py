@@ -5,6 +5,10 @@ A campaign is data (paper §4.5): the spec names what to run; the runner expands
 ``Config`` like every other stage: unknown keys are rejected, ``validate`` lists every problem at
 once, and it round-trips through YAML. Strings are accepted as shorthand for models and recipes
 (``- aletheia`` is ``- {name: aletheia}``); ``to_dict`` always writes the full form.
+
+Size: over 400 lines because each part of a spec (model, recipe, evaluation, executor, the whole)
+is a typed config with its fields' docstrings, which are the CLI's and the YAML's documentation, and
+each recipe kind's checks sit beside the kind.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ Resuming. The probe is saved once (``probe.json``). Each stage writes its plan
 all its runs have records; a stage with decisions is done. Rerunning the same command after a stop
 skips done stages, reuses a started stage's plan and skips its finished runs (their records are
 never rewritten); a run that was cut off is cleared and started again.
+
+Size: over 400 lines because the stages' decisions (which arms advance, which variations push,
+which two factors the ablation crosses) are the search itself and read each other's results; the
+runs go through the campaign's job store and executors, not through code here.
 """
 
 from __future__ import annotations
