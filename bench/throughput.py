@@ -13,6 +13,8 @@ micro-batches (batch 4 x grad_accum 2, the recipe's defaults):
 - ``aletheia``: the paper's rule (top 50% by the probe), padding-free;
 - ``cost-aware``: ``configs/cost-aware-bf16.yaml``'s selector (time budget 0.6, MLP rank matched to
   standard LoRA's parameter count), padding-free;
+- ``cost-compiled``: the same with ``train.compile`` (decoder blocks through ``torch.compile``; the
+  compile falls in the untimed first step);
 - ``floor``: the frozen base's forward pass alone (no gradient, head on scored positions) on the
   same micro-batches, padding-free: what no training step can beat.
 Steps are taken in turns, one optimizer step per row per round, the order rotated every round, so
@@ -37,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-ROWS = ("hf-trainer", "std-padded", "std-free", "aletheia", "cost-aware", "floor")
+ROWS = ("hf-trainer", "std-padded", "std-free", "aletheia", "cost-aware", "cost-compiled", "floor")
+COST_ROWS = ("cost-aware", "cost-compiled")
 TRAINING = ROWS[:-1]
 TAG = "@@throughput "  # the worker's answers on stdout (libraries print there too)
 
@@ -64,13 +67,14 @@ def run_config(args, row: str, seed: int):
     from aletheia.config import AdapterConfig, DataConfig, ProbeConfig, RunConfig, TrainConfig
 
     probe = ProbeConfig(selector="cost-aware", time_budget=0.6, calibration_rounds=args.calibration_rounds) \
-        if row == "cost-aware" else ProbeConfig()
+        if row in COST_ROWS else ProbeConfig()
     return RunConfig(model=args.model, seed=seed, method="standard" if row.startswith(("std", "hf")) else "aletheia",
                      data=DataConfig(path=args.data, max_length=args.max_length,
                                      max_eval_examples=args.eval_examples),
-                     probe=probe, adapter=AdapterConfig(match_parameters=row == "cost-aware"),
+                     probe=probe, adapter=AdapterConfig(match_parameters=row in COST_ROWS),
                      train=TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                                       warmup_steps=max(1, args.steps // 10), dtype=args.dtype))
+                                       warmup_steps=max(1, args.steps // 10), dtype=args.dtype,
+                                       compile=row == "cost-compiled"))
 
 
 def breakdown(model, batch, loss_fn, reps: int = 2) -> dict:
@@ -156,7 +160,7 @@ def worker(args) -> None:
     packing.set_padding_free(model, row not in ("hf-trainer", "std-padded"))
     arch, n = get_architecture(model), num_layers(model)
     info: dict = {"row": row, "padding_free": packing.padding_free(model)}
-    if row in ("aletheia", "cost-aware"):
+    if row in ("aletheia", *COST_ROWS):
         selection = probe_and_select(cfg, ws, progress=False)
         adapter = cfg.adapter
         if adapter.match_parameters:
@@ -341,6 +345,22 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[str], output: str | None) -> None:
+    """The rows of several result files as one result per max length (seeds of a row averaged)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    lengths: dict[int, list[dict]] = {}
+    for run in runs:
+        for result in run["lengths"]:
+            lengths.setdefault(result["max_length"], []).extend(result["rows"])
+    merged = {"command": "python bench/throughput.py --merge " + " ".join(paths), "parts": [r["command"] for r in runs],
+              "machine": runs[0]["machine"], "torch": runs[0]["torch"], "dtype": runs[0]["dtype"],
+              "lengths": [{"max_length": n, "rows": rows} for n, rows in lengths.items()]}
+    for result in merged["lengths"]:
+        print(table(result) + "\n")
+    if output:
+        Path(output).write_text(json.dumps(merged, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
@@ -359,6 +379,8 @@ def main() -> None:
                     help="cost-aware: timed rounds of the cost model (cached per model, hardware and shape)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", default=None, help="write the results as JSON here")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="print (and --output) one table of earlier results, e.g. one run per seed")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
     ap.add_argument("--scratch", default="/tmp/aletheia-throughput", help=argparse.SUPPRESS)
@@ -366,6 +388,8 @@ def main() -> None:
     if args.worker:
         args.max_length = args.max_length[0]
         return worker(args)
+    if args.merge:
+        return merge(args.merge, args.output)
     if args.warmup >= args.steps:
         raise SystemExit("--steps must exceed --warmup")
     results = {"command": " ".join(["python", "bench/throughput.py", *sys.argv[1:]]),

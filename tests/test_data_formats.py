@@ -292,6 +292,17 @@ def test_train_on_a_parquet_file_with_data_columns(tmp_path, tiny_dir, capsys):
                    "question, answer, id\n")
 
 
+def test_eval_reads_held_out_data_through_the_same_column_mapping(tmp_path, tiny_dir, capsys):
+    path = tmp_path / "qa.parquet"
+    pd.DataFrame([{"question": f"Add {i} and {i + 1}.", "answer": str(2 * i + 1)} for i in range(12)]).to_parquet(path)
+    code, _, err = run_cli(["eval", "--model", str(tiny_dir), "--tasks", "heldout", "--data", str(path),
+                            "--data-columns", "instruction=question,output=answer", "-o", str(tmp_path / "e.json"),
+                            "--quiet"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["settings"]["data"]["columns"] == MAPPING and result["results"]["base"]["heldout"]["loss"] > 0
+
+
 def test_tokenize_examples_passes_train_on(tmp_path, tok):
     use_chat_template(tok, "chatml")
     ex = examples_of(tmp_path, [{"messages": CHAT}])

@@ -60,7 +60,7 @@ EVAL_ALIASES = {
 }
 ALIASES = {"probe": RUN_ALIASES, "train": RUN_ALIASES, "compare": RUN_ALIASES | EVAL_ALIASES,
            "eval": EVAL_ALIASES | {"--seed": ("eval.seed",), "--batch-size": ("eval.batch_size",),
-                                   "--data": ("eval.data.path",)}}
+                                   "--data": ("eval.data.path",), "--data-columns": ("eval.data.columns",)}}
 # Two old flags have the name of a config section (``--data`` and ``--data.*``, compare's ``--eval``
 # and ``--eval.*``), which jsonargparse would take for the whole section: renamed before parsing.
 RENAMED = {"probe": {"--data": "--data.path"}, "train": {"--data": "--data.path"},

@@ -234,7 +234,7 @@ class TrainConfig(Config):
     compile: bool = False
     """Run each decoder block through ``torch.compile`` (dynamic shapes: one graph, shared by the
     blocks, for every packed length). The same losses to float rounding; on CPU about 1.1x faster
-    per step after a compile of about 25 s (``bench/compile_step.py``), so worth it for long runs."""
+    per step after a compile of about 25 s (``bench/step_options.py``), so worth it for long runs."""
     fsdp: bool = False
     """Shard the model, its gradients and optimizer state over the processes of a data-parallel launch
     (FSDP2 through accelerate, one shard unit per decoder block); ``accelerate launch --use_fsdp

@@ -1,15 +1,18 @@
-"""``train.compile`` measured: eager vs compiled decoder blocks on the same micro-batches, interleaved.
+"""Two settings of one training step side by side: what ``train.compile`` and adapter dropout cost.
 
-    python bench/compile_step.py --data ../shared/data/alpaca_en_demo/alpaca_en_demo.json \
-        --max-length 512 --steps 15 --output bench/results/compile_step.json
+    python bench/step_options.py --option compile --data ../shared/data/alpaca_en_demo/alpaca_en_demo.json \
+        --max-length 512 --steps 15 --output bench/results/step-compile-512.json
+    python bench/step_options.py --option dropout ...   # dropout 0.05 (the recipe's) against 0
 
-Two copies of the embedded model with the same standard LoRA adapter (every block, seed 0), one
-eager and one with each decoder block through ``torch.compile(dynamic=True)`` as ``train.compile``
-does (with ``fallback_random``, so adapter dropout draws eager's masks). Each step is a forward and
-backward pass of one padding-free micro-batch (batch 4); the two copies take turns, the order
-swapped every step, so load from other processes hits both alike. The first compiled step (the
-compile) is timed on its own. Prints the median step of each, their ratio, and the largest loss
-difference (the two should agree to float rounding).
+Two copies of the embedded model with the same standard LoRA adapter (every block, seed 0):
+- ``compile``: eager against each decoder block through ``torch.compile(dynamic=True)``, as
+  ``train.compile`` does (with ``fallback_random``, so adapter dropout draws eager's masks and the
+  losses agree to float rounding); the first compiled step (the compile) is timed on its own;
+- ``dropout``: adapter dropout 0.05 against 0 (PEFT's ``nn.Dropout`` draws one mask per adapted
+  module per step: 210 on SmolLM2).
+Each step is a forward and backward pass of one padding-free micro-batch (batch 4); the copies take
+turns, the order swapped every step and the RNG reseeded alike, so load from other processes hits
+both alike. Prints the median step of each side, their ratio and the largest loss difference.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from aletheia.models import load_model_and_tokenizer
 from aletheia.utils import set_seed
 
 
-def build(model_name, dropout: float, compiled: bool):
+def build(model_name, dropout: float, compiled: bool = False):
     model, tokenizer = load_model_and_tokenizer(model_name, dtype=torch.float32)
     set_seed(0)
     adapter = AdapterConfig(dropout=dropout)
@@ -55,6 +58,7 @@ def step(model, batch) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--option", choices=("compile", "dropout"), default="compile")
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--data", default=None, help="default: the generated bootstrap set")
     ap.add_argument("--max-length", type=int, default=512)
@@ -65,31 +69,35 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     inductor.fallback_random = True
-    eager, tokenizer = build(args.model, args.dropout, compiled=False)
-    compiled, _ = build(args.model, args.dropout, compiled=True)
+    names = ("eager", "compiled") if args.option == "compile" else (f"dropout {args.dropout}", "dropout 0")
+    first, tokenizer = build(args.model, args.dropout)
+    second, _ = build(args.model, args.dropout if args.option == "compile" else 0.0, args.option == "compile")
+    models = dict(zip(names, (first, second), strict=True))
     items = tokenize_examples(tokenizer, load_examples(args.data), args.max_length)
     batches = [collate(items[i:i + 4], tokenizer.pad_token_id) for i in range(0, 4 * (args.steps + 1), 4)]
-    set_seed(1)
-    compile_seconds, _ = step(compiled, batches[0])
-    times, losses = {"eager": [], "compiled": []}, {"eager": [], "compiled": []}
+    first_step = {}
+    for name, model in models.items():  # untimed: the compile, or the first step's allocations
+        set_seed(1)
+        first_step[name] = step(model, batches[0])[0]
+    times, losses = {n: [] for n in names}, {n: [] for n in names}
     for i, batch in enumerate(batches[1:]):
-        order = ("eager", "compiled") if i % 2 else ("compiled", "eager")
-        for name in order:  # the same RNG state for both sides of a step: the same dropout masks
+        for name in (names if i % 2 else names[::-1]):  # the same RNG state for both: the same masks
             set_seed(100 + i)
-            seconds, loss = step(eager if name == "eager" else compiled, batch)
+            seconds, loss = step(models[name], batch)
             times[name].append(seconds)
             losses[name].append(loss)
-    e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
-    diff = max(abs(a - b) for a, b in zip(losses["eager"], losses["compiled"], strict=True))
-    print(f"max length {args.max_length}, dropout {args.dropout}: compile {compile_seconds:.1f}s; median step "
-          f"eager {e:.3f}s, compiled {c:.3f}s -> {e / c:.3f}x; largest loss difference {diff:.2e}")
+    a, b = (statistics.median(times[n]) for n in names)
+    diff = max(abs(x - y) for x, y in zip(*losses.values(), strict=True))
+    print(f"max length {args.max_length}, {args.option}: first step {first_step[names[0]]:.1f}s / "
+          f"{first_step[names[1]]:.1f}s; median step {names[0]} {a:.3f}s, {names[1]} {b:.3f}s -> {a / b:.3f}x; "
+          f"largest loss difference {diff:.2e}")
     if args.output:
         with open(args.output, "w") as fh:
             json.dump({"command": "python bench/compile_step.py " + " ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "output"),
                 "machine": f"{platform.machine()}, threads {args.threads}", "torch": torch.__version__,
-                "compile_seconds": compile_seconds, "step_seconds": times, "losses": losses,
-                "median_ratio": e / c, "max_loss_difference": diff}, fh, indent=1)
+                "first_step_seconds": first_step, "step_seconds": times, "losses": losses,
+                "median_ratio": a / b, "max_loss_difference": diff}, fh, indent=1)
 
 
 if __name__ == "__main__":
