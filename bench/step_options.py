@@ -33,11 +33,11 @@ from aletheia.examples import load_examples
 from aletheia.lm_loss import causal_lm_loss
 from aletheia.lora import apply_lora, standard_lora_config
 from aletheia.models import load_model_and_tokenizer
-from aletheia.utils import set_seed
+from aletheia.utils import mixed_precision, set_seed, weights_dtype
 
 
-def build(model_name, dropout: float, compiled: bool = False):
-    model, tokenizer = load_model_and_tokenizer(model_name, dtype=torch.float32)
+def build(model_name, dropout: float, compiled: bool = False, dtype: torch.dtype = torch.float32):
+    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype)
     set_seed(0)
     adapter = AdapterConfig(dropout=dropout)
     model = apply_lora(model, standard_lora_config(get_architecture(model), num_layers(model), adapter))
@@ -50,7 +50,8 @@ def build(model_name, dropout: float, compiled: bool = False):
 
 def step(model, batch) -> tuple[float, float]:
     t = time.perf_counter()
-    loss = causal_lm_loss(model, batch)
+    with mixed_precision(weights_dtype(model), torch.device("cpu")):  # as training: bf16 autocast
+        loss = causal_lm_loss(model, batch)
     loss.backward()
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - t, loss.item()
@@ -64,14 +65,16 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--steps", type=int, default=15, help="timed micro-batch steps per side")
     ap.add_argument("--dropout", type=float, default=0.05, help="adapter dropout (the recipe's 0.05)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     inductor.fallback_random = True
     names = ("eager", "compiled") if args.option == "compile" else (f"dropout {args.dropout}", "dropout 0")
-    first, tokenizer = build(args.model, args.dropout)
-    second, _ = build(args.model, args.dropout if args.option == "compile" else 0.0, args.option == "compile")
+    dtype = getattr(torch, args.dtype)
+    first, tokenizer = build(args.model, args.dropout, dtype=dtype)
+    second, _ = build(args.model, args.dropout if args.option == "compile" else 0.0, args.option == "compile", dtype)
     models = dict(zip(names, (first, second), strict=True))
     items = tokenize_examples(tokenizer, load_examples(args.data), args.max_length)
     batches = [collate(items[i:i + 4], tokenizer.pad_token_id) for i in range(0, 4 * (args.steps + 1), 4)]
@@ -88,7 +91,7 @@ def main() -> None:
             losses[name].append(loss)
     a, b = (statistics.median(times[n]) for n in names)
     diff = max(abs(x - y) for x, y in zip(*losses.values(), strict=True))
-    print(f"max length {args.max_length}, {args.option}: first step {first_step[names[0]]:.1f}s / "
+    print(f"max length {args.max_length}, {args.dtype}, {args.option}: first step {first_step[names[0]]:.1f}s / "
           f"{first_step[names[1]]:.1f}s; median step {names[0]} {a:.3f}s, {names[1]} {b:.3f}s -> {a / b:.3f}x; "
           f"largest loss difference {diff:.2e}")
     if args.output:

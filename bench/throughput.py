@@ -78,7 +78,8 @@ def run_config(args, row: str, seed: int):
 
 
 def breakdown(model, batch, loss_fn, reps: int = 2) -> dict:
-    """Seconds of one micro-batch step by phase (median of ``reps``), read off hooks on the head."""
+    """Seconds of one micro-batch step by phase (median of ``reps`` after one untimed), read off hooks on
+    the head."""
     from aletheia.utils import mixed_precision, weights_dtype
 
     head = model.get_output_embeddings()
@@ -90,7 +91,9 @@ def breakdown(model, batch, loss_fn, reps: int = 2) -> dict:
     phases: dict[str, list[float]] = {k: [] for k in ("base_forward", "blocks_forward", "head_loss",
                                                       "backward", "optimizer")}
     try:
-        for _ in range(reps):
+        for rep in range(reps + 1):  # the first is untimed: a compiled row compiles its no-grad graph there
+            if rep == 1:
+                phases = {k: [] for k in phases}
             marks.clear()
             with torch.no_grad(), model.disable_adapter(), precision:
                 t0 = time.perf_counter()
