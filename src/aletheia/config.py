@@ -241,7 +241,7 @@ class TrainConfig(Config):
     --fsdp_version 2`` does the same. One process: no effect."""
 
     LIMITS = {"steps": at_least(1, " optimizer step (e.g. 200)"), "scheduler": one_of(SCHEDULERS),
-              "epochs": within(0, MAX_STEPS, "low", " passes over the data (e.g. 3)"),
+              "epochs": within(0, MAX_STEPS, "low", " (e.g. 3)", says="a positive number of passes over the data"),
               "batch_size": at_least(1), "grad_accum": at_least(1), "lr": positive(" (e.g. 2e-4)"),
               "warmup_steps": at_least(0), "weight_decay": at_least(0), "max_grad_norm": positive(),
               "dtype": one_of(DTYPES), "log_every": at_least(1),

@@ -50,6 +50,8 @@ class Limit:
     choices: tuple[str, ...] = ()
     hint: str = ""
     """Said after the problem, e.g. ``" (e.g. 2e-4)"``."""
+    says: str = ""
+    """What the value must be, in words, instead of the range (e.g. ``"a positive number of passes"``)."""
 
     def problem(self, name: str, value: Any) -> str | None:
         if value is None:
@@ -64,7 +66,9 @@ class Limit:
                 and (self.high is None or (value < self.high if high_open else value <= self.high)))
         if fine:
             return None
-        if self.high is not None:
+        if self.says:
+            text = self.says
+        elif self.high is not None:
             text = f"in {'(' if low_open else '['}{self.low:g}, {self.high:g}{')' if high_open else ']'}"
         elif low_open and self.low == 0:
             text = "positive"
@@ -81,8 +85,8 @@ def positive(hint: str = "") -> Limit:
     return Limit(0, open="low", hint=hint)
 
 
-def within(low: float, high: float, open: str = "", hint: str = "") -> Limit:
-    return Limit(low, high, open, hint=hint)
+def within(low: float, high: float, open: str = "", hint: str = "", says: str = "") -> Limit:
+    return Limit(low, high, open, hint=hint, says=says)
 
 
 def one_of(choices: Iterable[str], hint: str = "") -> Limit:
