@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
 import torch._inductor.config as inductor
+from throughput import cpu_name  # bench/ is the script's folder
 
 from aletheia.architectures import get_architecture, get_blocks, num_layers
 from aletheia.config import AdapterConfig
@@ -98,7 +98,7 @@ def main() -> None:
         with open(args.output, "w") as fh:
             json.dump({"command": "python bench/compile_step.py " + " ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "output"),
-                "machine": f"{platform.machine()}, threads {args.threads}", "torch": torch.__version__,
+                "machine": f"{cpu_name()}, threads {args.threads}", "torch": torch.__version__,
                 "first_step_seconds": first_step, "step_seconds": times, "losses": losses,
                 "median_ratio": a / b, "max_loss_difference": diff}, fh, indent=1)
 

@@ -57,6 +57,18 @@ def wait_for(command: str) -> None:
         raise SystemExit(f"worker: expected {command!r}, got {line!r}")
 
 
+def cpu_name() -> str:
+    """The CPU's model and the bf16 matmul units it has (bf16 speed depends on them)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.machine())
+    units = [flag for flag in ("avx512_bf16", "amx_bf16") if f" {flag}" in info]
+    return f"{name} ({', '.join(units) or 'no bf16 units'})"
+
+
 def peak_rss() -> int:
     from aletheia.train import peak_memory
 
@@ -396,8 +408,8 @@ def main() -> None:
     if args.warmup >= args.steps:
         raise SystemExit("--steps must exceed --warmup")
     results = {"command": " ".join(["python", "bench/throughput.py", *sys.argv[1:]]),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-                          f"threads {args.threads}", "torch": torch.__version__, "dtype": args.dtype, "lengths": []}
+               "machine": f"{cpu_name()}, {os.cpu_count()} cpus, threads {args.threads}",
+               "torch": torch.__version__, "dtype": args.dtype, "lengths": []}
     Path(args.scratch).mkdir(parents=True, exist_ok=True)
     with open(Path(args.scratch) / "workers.log", "w") as log:
         for length in args.max_length:
