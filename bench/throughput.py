@@ -334,23 +334,33 @@ def table(result: dict) -> str:
         vals = [r[key] for r in by_row[row] if r.get(key) is not None]
         return statistics.mean(vals) if vals else None
 
-    hf, floor, hf_loss = (mean(row, key) if row in by_row else None for row, key in (
-        ("hf-trainer", "tokens_per_second"), ("floor", "tokens_per_second"), ("hf-trainer", "eval_loss")))
+    def paired(row, key, to):
+        """Mean over the row's runs of its value / ``to``'s in the same interleaved run (merged files:
+        the same part), so a row run under fewer seeds is still compared with its own neighbours."""
+        if to not in by_row:
+            return None
+        theirs = {r.get("part", 0): r[key] for r in by_row[to] if r.get(key) is not None}
+        vals = [r[key] / theirs[r.get("part", 0)] for r in by_row[row]
+                if r.get(key) is not None and theirs.get(r.get("part", 0))]
+        return statistics.mean(vals) if vals else None
     lines = [f"max length {result['max_length']}",
              "row          layers  tokens/s  x HF   x floor  step s  peak MiB  held-out loss (vs HF)",
              "-----------  ------  --------  -----  -------  ------  --------  ---------------------"]
-    def ratio(value, to):
-        return f"{value / to:.2f}" if to else "-"
+    def ratio(value):
+        return "-" if value is None else f"{value:.2f}"
 
     for row in (r for r in ROWS if r in by_row):
-        tps, first = mean(row, "tokens_per_second"), by_row[row][0]
-        loss = mean(row, "eval_loss")
+        tps = mean(row, "tokens_per_second")
+        loss, loss_vs_hf = mean(row, "eval_loss"), paired(row, "eval_loss", "hf-trainer")
         loss_text = "" if loss is None else f"{loss:.4f}"
-        if loss is not None and hf_loss:
-            loss_text += f" ({100 * (loss / hf_loss - 1):+.2f}%)"
+        if loss is not None and loss_vs_hf is not None:
+            loss_text += f" ({100 * (loss_vs_hf - 1):+.2f}%)"
         if len(by_row[row]) > 1 and loss is not None:
             loss_text += f" mean of {len(by_row[row])} seeds"
-        lines.append(f"{row:<11}  {len(first['layers']):>6}  {tps:>8.0f}  {ratio(tps, hf):>5}  {ratio(tps, floor):>7}  "
+        x_hf, x_floor = (ratio(paired(row, "tokens_per_second", to)) for to in ("hf-trainer", "floor"))
+        counts = sorted({len(r["layers"]) for r in by_row[row]})
+        layers = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        lines.append(f"{row:<11}  {layers:>6}  {tps:>8.0f}  {x_hf:>5}  {x_floor:>7}  "
                      f"{mean(row, 'median_step_seconds'):>6.2f}  {mean(row, 'peak_rss') / 2**20:>8.0f}  {loss_text}")
     lines += ["", "one micro-batch step, seconds: base fwd | adapter fwd | head+loss | backward | optimizer"]
     for row in (r for r in TRAINING if r in by_row):
@@ -364,9 +374,9 @@ def merge(paths: list[str], output: str | None) -> None:
     """The rows of several result files as one result per max length (seeds of a row averaged)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     lengths: dict[int, list[dict]] = {}
-    for run in runs:
+    for part, run in enumerate(runs):
         for result in run["lengths"]:
-            lengths.setdefault(result["max_length"], []).extend(result["rows"])
+            lengths.setdefault(result["max_length"], []).extend({**r, "part": part} for r in result["rows"])
     merged = {"command": "python bench/throughput.py --merge " + " ".join(paths), "parts": [r["command"] for r in runs],
               "machine": runs[0]["machine"], "torch": runs[0]["torch"], "dtype": runs[0]["dtype"],
               "lengths": [{"max_length": n, "rows": rows} for n, rows in lengths.items()]}
