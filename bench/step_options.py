@@ -96,7 +96,7 @@ def main() -> None:
           f"largest loss difference {diff:.2e}")
     if args.output:
         with open(args.output, "w") as fh:
-            json.dump({"command": "python bench/compile_step.py " + " ".join(
+            json.dump({"command": "python bench/step_options.py " + " ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "output"),
                 "machine": f"{cpu_name()}, threads {args.threads}", "torch": torch.__version__,
                 "first_step_seconds": first_step, "step_seconds": times, "losses": losses,
