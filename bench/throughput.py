@@ -376,7 +376,8 @@ def merge(paths: list[str], output: str | None) -> None:
     lengths: dict[int, list[dict]] = {}
     for part, run in enumerate(runs):
         for result in run["lengths"]:
-            lengths.setdefault(result["max_length"], []).extend({**r, "part": part} for r in result["rows"])
+            lengths.setdefault(result["max_length"], []).extend(
+                {**r, "part": f"{part}.{r.get('part', 0)}"} for r in result["rows"])  # merged files merge again
     merged = {"command": "python bench/throughput.py --merge " + " ".join(paths), "parts": [r["command"] for r in runs],
               "machine": runs[0]["machine"], "torch": runs[0]["torch"], "dtype": runs[0]["dtype"],
               "lengths": [{"max_length": n, "rows": rows} for n, rows in lengths.items()]}
