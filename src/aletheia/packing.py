@@ -38,7 +38,9 @@ from .errors import AletheiaError
 PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 """Attention implementations whose transformers code confines packed examples by ``position_ids``."""
 ROW_TOKENS: int | None = None
-"""Token cap of one packed row; None puts a micro-batch in one row (see ``pack``)."""
+"""Token cap of one packed row; None puts a micro-batch in one row (see ``pack``). Off: a cap of one
+or two max lengths did not make steps faster at 128 tokens, where one row's attention is widest
+(``bench/row_cap.py``)."""
 
 _flatten = DataCollatorWithFlattening(return_tensors="pt")
 
