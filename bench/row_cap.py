@@ -14,36 +14,25 @@ and padded / that.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 import torch
-from step_options import build, step
-from throughput import cpu_name
+from step_options import build, micro_batches, step, step_arguments, write_result
 
 from aletheia import packing
-from aletheia.data import collate, tokenize_examples
-from aletheia.examples import load_examples
 from aletheia.packing import set_padding_free
 from aletheia.utils import set_seed
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
-    ap.add_argument("--data", default=None, help="default: the generated bootstrap set")
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=12, help="timed micro-batch steps per setting")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--output", default=None)
+    step_arguments(ap, max_length=128, steps=12)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = build(args.model, 0.05, dtype=getattr(torch, args.dtype))
     n = args.max_length
     settings = {"padded": (False, None), "one row": (True, None), f"cap {n}": (True, n), f"cap {2 * n}": (True, 2 * n)}
-    items = tokenize_examples(tokenizer, load_examples(args.data), n)
-    batches = [collate(items[i:i + 4], tokenizer.pad_token_id) for i in range(0, 4 * (args.steps + 1), 4)]
+    batches = micro_batches(tokenizer, args)
 
     def use(name: str) -> None:
         free, cap = settings[name]
@@ -65,12 +54,7 @@ def main() -> None:
     for name in names:
         print(f"max length {n}, {args.dtype}: {name:<8} median step {medians[name]:.3f}s  "
               f"padded / this {medians['padded'] / medians[name]:.3f}x")
-    if args.output:
-        with open(args.output, "w") as fh:
-            json.dump({"command": "python bench/row_cap.py " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "output"),
-                "machine": f"{cpu_name()}, threads {args.threads}", "torch": torch.__version__,
-                "median_step_seconds": medians, "step_seconds": times}, fh, indent=1)
+    write_result("row_cap.py", args, median_step_seconds=medians, step_seconds=times)
 
 
 if __name__ == "__main__":

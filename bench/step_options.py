@@ -57,17 +57,38 @@ def step(model, batch) -> tuple[float, float]:
     return time.perf_counter() - t, loss.item()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--option", choices=("compile", "dropout"), default="compile")
+def step_arguments(ap: argparse.ArgumentParser, max_length: int, steps: int) -> None:
+    """The options of a one-step benchmark (this one and ``row_cap.py``)."""
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--data", default=None, help="default: the generated bootstrap set")
-    ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=15, help="timed micro-batch steps per side")
-    ap.add_argument("--dropout", type=float, default=0.05, help="adapter dropout (the recipe's 0.05)")
+    ap.add_argument("--max-length", type=int, default=max_length)
+    ap.add_argument("--steps", type=int, default=steps, help="timed micro-batch steps per setting")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", default=None)
+
+
+def micro_batches(tokenizer, args) -> list[dict]:
+    """``args.steps`` + 1 padded micro-batches of 4 (the first for an untimed step)."""
+    items = tokenize_examples(tokenizer, load_examples(args.data), args.max_length)
+    return [collate(items[i:i + 4], tokenizer.pad_token_id) for i in range(0, 4 * (args.steps + 1), 4)]
+
+
+def write_result(script: str, args, **result) -> None:
+    """``result`` as JSON at ``args.output`` (if given), with the command, machine and torch."""
+    if args.output:
+        command = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                           if v is not None and k != "output")
+        with open(args.output, "w") as fh:
+            json.dump({"command": f"python bench/{script} {command}", "machine": f"{cpu_name()}, threads "
+                       f"{args.threads}", "torch": torch.__version__, **result}, fh, indent=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--option", choices=("compile", "dropout"), default="compile")
+    ap.add_argument("--dropout", type=float, default=0.05, help="adapter dropout (the recipe's 0.05)")
+    step_arguments(ap, max_length=512, steps=15)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     inductor.fallback_random = True
@@ -76,8 +97,7 @@ def main() -> None:
     first, tokenizer = build(args.model, args.dropout, dtype=dtype)
     second, _ = build(args.model, args.dropout if args.option == "compile" else 0.0, args.option == "compile", dtype)
     models = dict(zip(names, (first, second), strict=True))
-    items = tokenize_examples(tokenizer, load_examples(args.data), args.max_length)
-    batches = [collate(items[i:i + 4], tokenizer.pad_token_id) for i in range(0, 4 * (args.steps + 1), 4)]
+    batches = micro_batches(tokenizer, args)
     first_step = {}
     for name, model in models.items():  # untimed: the compile, or the first step's allocations
         set_seed(1)
@@ -94,13 +114,8 @@ def main() -> None:
     print(f"max length {args.max_length}, {args.dtype}, {args.option}: first step {first_step[names[0]]:.1f}s / "
           f"{first_step[names[1]]:.1f}s; median step {names[0]} {a:.3f}s, {names[1]} {b:.3f}s -> {a / b:.3f}x; "
           f"largest loss difference {diff:.2e}")
-    if args.output:
-        with open(args.output, "w") as fh:
-            json.dump({"command": "python bench/step_options.py " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "output"),
-                "machine": f"{cpu_name()}, threads {args.threads}", "torch": torch.__version__,
-                "first_step_seconds": first_step, "step_seconds": times, "losses": losses,
-                "median_ratio": a / b, "max_loss_difference": diff}, fh, indent=1)
+    write_result("step_options.py", args, first_step_seconds=first_step, step_seconds=times, losses=losses,
+                 median_ratio=a / b, max_loss_difference=diff)
 
 
 if __name__ == "__main__":
