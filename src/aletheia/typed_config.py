@@ -97,6 +97,9 @@ class Config:
     """Mixin: dict/YAML round trip, unknown-key rejection and collected validation."""
 
     LIMITS = {}  # noqa: RUF012 - field -> what its value must be (a class attribute, not a field)
+    SHORTHAND: str | None = None
+    """In a list of these configs, a plain string stands for this field (``- aletheia`` is
+    ``- {name: aletheia}``)."""
 
     def problems(self) -> list[str]:
         """Everything wrong with this config's values (not their types), one line each."""
@@ -118,8 +121,8 @@ class Config:
             value = getattr(self, f.name)
             if isinstance(value, Config):
                 value = value.to_dict()
-            elif isinstance(value, tuple):
-                value = list(value)
+            elif isinstance(value, (list, tuple)):
+                value = [v.to_dict() if isinstance(v, Config) else v for v in value]
             out[f.name] = value
         return out
 
@@ -148,6 +151,8 @@ class Config:
                     value = typ.from_dict(value)
                 except FieldError as exc:
                     raise exc.under(name) from None
+            elif (item := _config_item(typ)) is not None:
+                value = _configs(name, value, item)
             try:
                 kwargs[name] = _coerce(name, value, typ)
             except FieldError as exc:
@@ -173,6 +178,34 @@ class Config:
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
+
+
+def _config_item(typ: Any) -> type[Config] | None:
+    """The config class of a ``list[SomeConfig]`` field, else None."""
+    typ, origin = _unwrap(typ)
+    (item,) = get_args(typ) if origin is list else (None,)
+    return item if isinstance(item, type) and issubclass(item, Config) else None
+
+
+def _configs(name: str, value: Any, cls: type[Config]) -> Any:
+    """The entries of a ``list[SomeConfig]`` field as configs; a wrong entry names itself
+    (``models[2].lr``)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise FieldError(name, f"must be a list, got {value!r}")
+    out = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, str) and cls.SHORTHAND:
+            entry = {cls.SHORTHAND: entry}
+        if not isinstance(entry, (dict, cls)):
+            kinds = "a string or a mapping" if cls.SHORTHAND else f"a mapping of {cls.__name__} keys"
+            raise FieldError(f"{name}[{i}]", f"must be {kinds}, got {entry!r}")
+        try:
+            out.append(entry if isinstance(entry, cls) else cls.from_dict(entry))
+        except FieldError as exc:
+            raise exc.under(f"{name}[{i}]") from None
+    return out
 
 
 def duplicate_names(field_name: str, names: list[str], hint: str = "") -> list[str]:

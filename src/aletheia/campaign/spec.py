@@ -23,7 +23,7 @@ from ..config import MAX_STEPS, AdapterConfig, DataConfig, ProbeConfig, TrainCon
 from ..embedded import embedded_model
 from ..errors import AletheiaError, ConfigError
 from ..registry import Registry
-from ..typed_config import Config, FieldError, at_least, duplicate_names, one_of, positive
+from ..typed_config import Config, at_least, duplicate_names, one_of, positive
 from ..yaml_io import load_yaml_file
 
 MATCH_MODES = ("factor", "wallclock")
@@ -37,6 +37,8 @@ _RANDOM_RE = re.compile(r"^random:([a-z0-9_]+)(?::(\d+))?$")
 @dataclass
 class ModelSpec(Config):
     """One model of the campaign, with the per-model settings the paper varied (batch, lr, dtype)."""
+
+    SHORTHAND = "id"
 
     id: str = "default"
     """Hub id, local folder, an embedded model (``default`` or ``smollm2-135m``: SmolLM2-135M-Instruct;
@@ -88,6 +90,8 @@ class ModelSpec(Config):
 @dataclass
 class RecipeSpec(Config):
     """One recipe. ``standard`` is the all-layer baseline every other recipe is paired against."""
+
+    SHORTHAND = "name"
 
     name: str = "aletheia"
     """``standard``, ``aletheia``, ``cost_aware``, ``compute_matched`` or ``budget_sweep``."""
@@ -302,23 +306,6 @@ class CampaignSpec(Config):
     device: str | None = None
     """cpu, cuda ... (None: cuda when available)."""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> CampaignSpec:
-        data = dict(data or {})
-        if "models" in data:
-            data["models"] = [_entry(ModelSpec, m, "id", f"models[{i}]")
-                              for i, m in enumerate(_as_list(data["models"], "models"))]
-        if "recipes" in data:
-            data["recipes"] = [_entry(RecipeSpec, r, "name", f"recipes[{i}]")
-                               for i, r in enumerate(_as_list(data["recipes"], "recipes"))]
-        return super().from_dict(data)  # type: ignore[return-value]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["models"] = [m.to_dict() for m in self.models]
-        out["recipes"] = [r.to_dict() for r in self.recipes]
-        return out
-
     def recipe(self, name: str) -> RecipeSpec | None:
         return next((r for r in self.recipes if r.name == name), None)
 
@@ -364,24 +351,6 @@ class CampaignSpec(Config):
             p.append(f"budget_sweep: budget {ale.run_budgets()[0]} repeats the aletheia run; drop it "
                      "(the layer-budget table already uses the aletheia rows)")
         return p
-
-
-def _as_list(value: Any, name: str) -> list:
-    if not isinstance(value, list):
-        raise ConfigError(f"'{name}' must be a list, got {value!r}")
-    return value
-
-
-def _entry(cls: type[Config], value: Any, key: str, name: str) -> Config:
-    """One ``models`` / ``recipes`` entry; ``name`` (``models[2]``) prefixes a wrong-type field."""
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, (str, dict)):
-        raise ConfigError(f"'{name}' must be a string or a mapping, got {value!r}")
-    try:
-        return cls.from_dict({key: value} if isinstance(value, str) else value)
-    except FieldError as exc:
-        raise exc.under(name) from None
 
 
 def unloadable_models(spec: CampaignSpec) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 from ..campaign.spec import ExecutorConfig
 from ..config import AdapterConfig, DataConfig, ProbeConfig, TrainConfig, over_cap
 from ..errors import ConfigError
-from ..typed_config import Config, FieldError, at_least, duplicate_names, one_of, positive, within
+from ..typed_config import Config, at_least, duplicate_names, one_of, positive, within
 
 STAGES = ("probe", "scan", "full", "push", "optuna", "ablation")
 """The stages of a search, in the order they run."""
@@ -268,22 +268,6 @@ class SearchConfig(Config):
     tie_decimals: int = 3
     """Held-out losses equal to this many decimals count as a tie, won by the faster run."""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> SearchConfig:
-        data = dict(data or {})
-        for section, key, typ in (("scan", "arms", ArmSpec), ("push", "variations", PushVariation)):
-            try:
-                data[section] = _with_list(data.get(section), key, typ)
-            except FieldError as exc:
-                raise exc.under(section) from None
-        return super().from_dict(data)  # type: ignore[return-value]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["scan"]["arms"] = [a.to_dict() for a in self.scan.arms]
-        out["push"]["variations"] = [v.to_dict() for v in self.push.variations]
-        return out
-
     LIMITS = {"seed": at_least(0), "eval_accuracy_examples": at_least(0), "tie_decimals": within(0, 8)}
 
     def problems(self) -> list[str]:
@@ -293,27 +277,6 @@ class SearchConfig(Config):
         if self.probe.layers is not None:
             p.append("probe.layers must stay empty: each arm takes its k layers from the probe ranking")
         return p
-
-
-def _with_list(section: Any, key: str, cls: type[Config]) -> Any:
-    """Turn the mappings of ``section[key]`` into typed configs (the base from_dict keeps lists raw)."""
-    if section is None or not isinstance(section, dict) or key not in section:
-        return section
-    items = section[key]
-    if not isinstance(items, list):
-        raise ConfigError(f"'{key}' must be a list of mappings, got {items!r}")
-    typed = []
-    for i, item in enumerate(items):
-        if isinstance(item, cls):
-            typed.append(item)
-        elif isinstance(item, dict):
-            try:
-                typed.append(cls.from_dict(item))
-            except FieldError as exc:  # name the entry: 'arms[2].lr', not just 'lr'
-                raise exc.under(f"{key}[{i}]") from None
-        else:
-            raise ConfigError(f"each entry of '{key}' must be a mapping of {cls.__name__} keys, got {item!r}")
-    return {**section, key: typed}
 
 
 def load_search_config(path: str | Path) -> SearchConfig:
