@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -75,9 +76,21 @@ def test_the_store_retries_failed_runs_only(tmp_path):
     store = RunStore(tmp_path)
     store.save("a", RunRecord(status="completed", seed=1, steps=2))
     store.save("b", RunRecord(status="failed", seed=1, steps=2, reason="oom"))
-    assert store.todo(["a", "b", "c"]) == ["c"]
-    assert store.forget_failed(["a", "b", "c"]) == ["b"]
-    assert store.todo(["a", "b", "c"]) == ["b", "c"]
-    store.keep_lost("b", RunRecord(status="failed", reason="executor job failed: killed"))
-    store.keep_lost("a", RunRecord(status="failed", reason="must not replace a finished run"))
-    assert store.record("b").reason.startswith("executor") and store.record("a").completed
+    jobs = [SimpleNamespace(run_id=name) for name in "abc"]
+    assert [j.run_id for j in store.todo(jobs)] == ["c"]
+    assert [j.run_id for j in store.todo(jobs, retry_failed=True)] == ["b", "c"]
+    assert [j.run_id for j in store.todo(jobs)] == ["b", "c"]  # b's failed record is gone
+
+
+def test_a_job_the_executor_lost_is_recorded_as_failed_and_a_finished_one_is_kept(tmp_path):
+    store = RunStore(tmp_path)
+    store.save("a", RunRecord(status="completed", seed=1, steps=2))
+
+    class LosingExecutor:  # a killed worker: the executor answers for the job itself
+        def map(self, fn, jobs, on_event=None):
+            return [RunRecord(status="failed", reason=f"executor job failed: killed ({j.run_id})") for j in jobs]
+
+    jobs = [SimpleNamespace(run_id="a"), SimpleNamespace(run_id="b")]
+    store.run(LosingExecutor(), lambda job: pytest.fail("the executor calls fn, not the store"), jobs)
+    assert store.record("b").reason == "executor job failed: killed (b)"
+    assert store.record("a").completed

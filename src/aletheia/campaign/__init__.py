@@ -6,42 +6,9 @@ maps ``run_one`` over the jobs; ``results.csv`` and the report are rebuilt from 
 """
 
 from .executors import EXECUTORS, Executor, get_executor, register_executor
-from .runner import (
-                     RunJob,
-                     campaign_status,
-                     failure_record,
-                     plan_jobs,
-                     read_record,
-                     run_campaign,
-                     run_one,
-)
-from .spec import (
-                     CampaignSpec,
-                     EvalSuiteConfig,
-                     ExecutorConfig,
-                     ModelSpec,
-                     RecipeSpec,
-                     load_campaign,
-                     load_spec,
-)
+from .runner import RunJob, campaign_status, plan_jobs, run_campaign, run_one
+from .spec import CampaignSpec, EvalSuiteConfig, ExecutorConfig, ModelSpec, RecipeSpec, load_campaign, load_spec
 
-__all__ = [
-                     "EXECUTORS",
-                     "CampaignSpec",
-                     "EvalSuiteConfig",
-                     "Executor",
-                     "ExecutorConfig",
-                     "ModelSpec",
-                     "RecipeSpec",
-                     "RunJob",
-                     "campaign_status",
-                     "failure_record",
-                     "get_executor",
-                     "load_campaign",
-                     "load_spec",
-                     "plan_jobs",
-                     "read_record",
-                     "register_executor",
-                     "run_campaign",
-                     "run_one",
-]
+__all__ = ["EXECUTORS", "CampaignSpec", "EvalSuiteConfig", "Executor", "ExecutorConfig", "ModelSpec", "RecipeSpec",
+           "RunJob", "campaign_status", "get_executor", "load_campaign", "load_spec", "plan_jobs",
+           "register_executor", "run_campaign", "run_one"]

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import runs
 from ..config import RunConfig
 from ..errors import AletheiaError
 from ..outputs import check_writable, disk_full
@@ -47,7 +46,6 @@ from .executors import get_executor
 from .models import materialize_model
 from .spec import SPEC_FILE, CampaignSpec, ModelSpec, load_campaign
 
-RECORD_FILE = "record.json"
 STARTED_FILE = "started.json"
 # the score each benchmark reports as its headline number (run_suite's keys), shown in percent
 BENCHMARK_METRICS = {"mmlu": "accuracy", "gsm8k": "strict_match", "humaneval": "pass@1"}
@@ -152,16 +150,6 @@ def _copy(x):
 
 # --- one run ------------------------------------------------------------------------------------
 
-def read_record(run_dir: str | Path) -> RunRecord | None:
-    """The record of the run in ``run_dir``; None while the run is not finished."""
-    return runs.read_record(Path(run_dir) / RECORD_FILE)
-
-
-def failure_record(job: RunJob, reason: str) -> RunRecord:
-    """The record of a run that did not complete: identity, ``failed`` and the reason."""
-    return job.failure(reason)
-
-
 def run_one(job: RunJob) -> RunRecord:
     """Run one job into its folder and return its record; a finished run returns its saved record.
 
@@ -170,7 +158,7 @@ def run_one(job: RunJob) -> RunRecord:
     time: from its newest checkpoint when it has one (``train.save_every``, or a SIGTERM), else anew.
     """
     rd = job.run_dir
-    done = read_record(rd)
+    done = RunStore(job.campaign_dir).record(job.run_id)
     if done is not None:
         return done
     resumable = any((rd / ".partial" / "checkpoints").glob("step-*"))
@@ -194,13 +182,13 @@ def run_one(job: RunJob) -> RunRecord:
                     (rd / "error.txt").write_text(traceback.format_exc())
                 except OSError:
                     pass  # a full disk must not turn one failed run into a crashed campaign
-                record = failure_record(job, _reason(exc))
+                record = job.failure(_reason(exc))
     finally:
         with contextlib.suppress(OSError):  # a log that cannot be flushed to a full disk is no failure
             logfile.close()
     record = record.replace(wall_seconds=round(time.perf_counter() - start, 3))
     try:
-        runs.write_record(rd / RECORD_FILE, record)  # atomic, and last: from here on the run is done
+        RunStore(job.campaign_dir).save(job.run_id, record)  # atomic, and last: from here on the run is done
     except OSError as exc:  # nothing can be recorded: stop cleanly, the run is redone on resume
         raise AletheiaError(f"cannot record run {job.run_id} ({_os_words(exc)}); free space and rerun the "
                             "same command to resume (finished runs are kept)") from None
@@ -236,7 +224,7 @@ def _execute(job: RunJob, resume: bool = False) -> RunRecord:
     if job.match == "wallclock":
         steps, why = wallclock_steps(job)
         if steps is None:
-            return failure_record(job, why)
+            return job.failure(why)
         cfg.train.steps = steps
         notes.append(why)
 
@@ -384,19 +372,12 @@ def run_campaign(spec: CampaignSpec, campaign_dir: str | Path | None = None, pro
     for m in spec.models:  # build random models once, here, not in every worker
         materialize_model(m, out)
     store = RunStore(out)
-    if retry_failed:
-        store.forget_failed(job.run_id for job in jobs)
-    records = {job.run_id: store.record(job.run_id) for job in jobs}
-    todo = [job for job in jobs if records[job.run_id] is None]
-    view = ProgressView(total=len(jobs), already=[r for r in records.values() if r], enabled=progress,
+    todo = store.todo(jobs, retry_failed)
+    view = ProgressView(total=len(jobs), already=store.records(), enabled=progress,
                         on_done=lambda: _refresh_results(out))
     executor = get_executor(spec.executor, out)
     for phase in (0, 1):
-        wave = [job for job in todo if job.phase == phase]
-        if not wave:
-            continue
-        for job, record in zip(wave, executor.map(run_one, wave, view.event)):
-            store.keep_lost(job.run_id, record)  # an executor that lost the job still says why
+        store.run(executor, run_one, [job for job in todo if job.phase == phase], view.event)
     view.close()
     try:
         return write_results_csv(out)
@@ -417,12 +398,12 @@ def campaign_status(campaign_dir: str | Path) -> dict:
     """Done / running / failed / pending counts, time so far and an estimate of the time left."""
     out = Path(campaign_dir)
     spec = load_campaign(out)
-    jobs = plan_jobs(spec, out)
+    jobs, store = plan_jobs(spec, out), RunStore(out)
     state: dict[str, list[str]] = {"completed": [], "failed": [], "running": [], "interrupted": [],
                                    "pending": []}
     durations, starts = [], []
     for job in jobs:
-        rec = read_record(job.run_dir)
+        rec = store.record(job.run_id)
         if rec is not None:
             state["completed" if rec.completed else "failed"].append(job.label)
             if rec.wall_seconds:
@@ -455,10 +436,8 @@ def _alive(pid: Any) -> bool:
 __all__ = [
     "RunJob",
     "campaign_status",
-    "failure_record",
     "load_campaign",
     "plan_jobs",
-    "read_record",
     "run_campaign",
     "run_id",
     "run_one",

@@ -58,24 +58,26 @@ class RunStore:
         found = (read_record(p) for p in sorted((self.root / "runs").glob(f"*/{RECORD_FILE}")))
         return [r for r in found if r is not None]
 
-    def forget_failed(self, run_ids: Iterable[str]) -> list[str]:
-        """``--retry-failed``: drop the records of failed runs, so they run again; finished ones stay."""
-        dropped = []
-        for rid in run_ids:
-            rec = self.record(rid)
+    def todo(self, jobs: Iterable[Any], retry_failed: bool = False) -> list[Any]:
+        """The jobs (anything with a ``run_id``) that have no record yet; ``retry_failed`` (the
+        ``--retry-failed`` flag) first drops the records of failed runs, so they run again."""
+        jobs = list(jobs)
+        for job in jobs if retry_failed else []:
+            rec = self.record(job.run_id)
             if rec is not None and not rec.completed:
-                (self.run_dir(rid) / RECORD_FILE).unlink()
-                dropped.append(rid)
-        return dropped
+                (self.run_dir(job.run_id) / RECORD_FILE).unlink()
+        return [job for job in jobs if self.record(job.run_id) is None]
 
-    def todo(self, run_ids: Iterable[str]) -> list[str]:
-        return [rid for rid in run_ids if self.record(rid) is None]
-
-    def keep_lost(self, run_id: str, record: RunRecord) -> None:
-        """An executor that lost a job (a killed worker) still returns why: record it."""
-        if self.record(run_id) is None:
-            self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
-            self.save(run_id, record)
+    def run(self, executor: Any, fn: Callable[[Any], RunRecord], jobs: list[Any],
+            on_event: Callable | None = None) -> list[RunRecord]:
+        """``executor.map(fn, jobs, on_event)``; a job the executor lost (a killed worker) still comes
+        back as a failed record saying why, and is recorded here."""
+        records = executor.map(fn, jobs, on_event) if jobs else []
+        for job, record in zip(jobs, records):
+            if self.record(job.run_id) is None:
+                self.run_dir(job.run_id).mkdir(parents=True, exist_ok=True)
+                self.save(job.run_id, record)
+        return records
 
     # -- what runs share --------------------------------------------------------------------------
     def shared(self, model: str, seed: int | None = None) -> Path:

@@ -86,9 +86,7 @@ def run_entries(entries: list[dict], cfg: SearchConfig, out: Path, stage: str,
     ``retry_failed``: also run again those whose record says they failed."""
     store = RunStore(out)
     jobs = [make_job(e, cfg, out) for e in entries]
-    if retry_failed:
-        store.forget_failed(j.run_id for j in jobs)
-    todo = [j for j in jobs if store.record(j.run_id) is None]
+    todo = store.todo(jobs, retry_failed)
     if todo:
         ensure_shared_probe(cfg, out, {j.seed for j in todo})
         done_before = len(jobs) - len(todo)
@@ -102,9 +100,7 @@ def run_entries(entries: list[dict], cfg: SearchConfig, out: Path, stage: str,
                     f"{'-' if loss is None else f'{loss:.4f}'}, train {record.train_seconds or 0:.1f}s")
 
         log(f"{stage}: {len(todo)} run(s) to do, {done_before} already recorded")
-        executor = get_executor(cfg.executor, out)
-        for job, record in zip(todo, executor.map(run_one, todo, on_event)):
-            store.keep_lost(job.run_id, record)
+        store.run(get_executor(cfg.executor, out), run_one, todo, on_event)
     return [row_of(e, store.record(e["run_id"])) for e in entries]
 
 
