@@ -7,6 +7,7 @@ types; ``validate`` reports every problem at once (not just the first) as one ``
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -340,3 +341,10 @@ class RunConfig(Config):
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     LIMITS = {"method": one_of(METHODS), "eval_accuracy_examples": at_least(0), "seed": at_least(0)}
+
+
+def run_config(plan: Config, **fields) -> RunConfig:
+    """The ``RunConfig`` of one run a campaign or search plans: copies of its shared sections (data,
+    probe, adapter, train), so no run's change reaches another, and ``fields`` on top."""
+    shared = {name: copy.deepcopy(getattr(plan, name)) for name in ("data", "probe", "adapter", "train")}
+    return RunConfig(**(shared | fields))

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
+from ..config import RunConfig, run_config
 from ..errors import AletheiaError
 from ..outputs import check_writable, disk_full
 from ..runs import RunRecord, RunStore
@@ -123,11 +123,8 @@ def plan_jobs(spec: CampaignSpec, campaign_dir: str | Path) -> list[RunJob]:
 
 def _job(spec: CampaignSpec, m: ModelSpec, seed: int, recipe, budget, campaign_dir: str) -> RunJob:
     rid = run_id(m.key, seed, recipe.name, budget)
-    cfg = RunConfig(model=m.id, method=recipe.kind.method, seed=seed,
-                    output=str(Path(campaign_dir) / "runs" / rid),
-                    eval_accuracy_examples=spec.eval.accuracy_examples,
-                    data=spec.data.replace(), probe=spec.probe.replace(layers=_copy(spec.probe.layers)),
-                    adapter=spec.adapter.replace(), train=spec.train.replace(betas=list(spec.train.betas)))
+    cfg = run_config(spec, model=m.id, method=recipe.kind.method, seed=seed,
+                     output=str(Path(campaign_dir) / "runs" / rid), eval_accuracy_examples=spec.eval.accuracy_examples)
     if budget is not None:
         cfg.probe.fraction = budget
     if m.batch_size:
@@ -142,10 +139,6 @@ def _job(spec: CampaignSpec, m: ModelSpec, seed: int, recipe, budget, campaign_d
                   benchmarks=list(spec.eval.benchmarks), eval_options=dict(spec.eval.options),
                   device=spec.device, gpus=m.gpus if m.gpus is not None else spec.executor.gpus_per_run,
                   reuse_probe=cfg.probe.selector == "gradient-norm")
-
-
-def _copy(x):
-    return list(x) if x is not None else None
 
 
 # --- one run ------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ..campaign.executors import get_executor
 from ..campaign.models import materialize_model
 from ..campaign.runner import RunJob, run_one
 from ..campaign.spec import ModelSpec
-from ..config import RunConfig
+from ..config import AdapterConfig, run_config
 from ..errors import AletheiaError
 from ..outputs import check_writable
 from ..runs import RunRecord, RunStore
@@ -60,11 +60,10 @@ def baseline_entry(stage: str, cfg: SearchConfig, steps: int) -> dict:
 
 def make_job(entry: dict, cfg: SearchConfig, out: Path) -> RunJob:
     """The campaign job of a planned run."""
-    rc = RunConfig(model=None if cfg.model == "default" else cfg.model, method=entry["method"],
-                   seed=entry["seed"], output=str(out / "runs" / entry["run_id"]),
-                   eval_accuracy_examples=cfg.eval_accuracy_examples, data=cfg.data.replace(),
-                   probe=cfg.probe.replace(layers=entry["layers"]), adapter=cfg.adapter.replace(),
-                   train=cfg.train.replace(steps=entry["steps"], betas=list(cfg.train.betas)))
+    rc = run_config(cfg, model=None if cfg.model == "default" else cfg.model, method=entry["method"],
+                    seed=entry["seed"], output=str(out / "runs" / entry["run_id"]),
+                    eval_accuracy_examples=cfg.eval_accuracy_examples)
+    rc.probe.layers, rc.train.steps = entry["layers"], entry["steps"]
     s = entry["settings"]
     if s is not None:
         rc.adapter.modules, rc.train.lr = s["modules"], s["lr"]
@@ -116,8 +115,7 @@ def run_probe_stage(cfg: SearchConfig, out: Path) -> dict:
     from ..selection import write_probe_json
 
     model_path = materialize_model(ModelSpec(id=cfg.model), out)
-    rc = RunConfig(model=model_path, seed=cfg.seed, output=str(out), data=cfg.data.replace(),
-                   probe=cfg.probe.replace(), train=cfg.train.replace(betas=list(cfg.train.betas)))
+    rc = run_config(cfg, model=model_path, seed=cfg.seed, output=str(out), adapter=AdapterConfig())
     log("probe: scoring every layer on the training data")
     ws = prepare(rc, cfg.device)
     selection = probe_and_select(rc, ws, progress=False)
