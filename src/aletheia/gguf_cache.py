@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import AletheiaError
-from .utils import atomic_write_text, cache_dir
+from .utils import atomic_write_text, cache_dir, read_json
 
 GGUF_MAGIC = b"GGUF"
 
@@ -135,10 +135,7 @@ def _gguf_stamp(path: Path) -> dict:
 
 
 def _read_gguf_source(folder: Path) -> dict:
-    try:
-        return json.loads((folder / GGUF_SOURCE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_json(folder / GGUF_SOURCE_FILE) or {}
 
 
 def _converted_for(root: Path, stamp: dict) -> Path | None:

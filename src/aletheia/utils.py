@@ -63,6 +63,14 @@ def write_json(path: str | Path, data: Any) -> None:
                                        allow_nan=False) + "\n")
 
 
+def read_json(path: str | Path) -> Any:
+    """What a JSON file holds, or None when it is missing or unreadable (a run cut off mid-write)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def finite_or_null(obj: Any, found: list[str] | None = None, where: str = "") -> Any:
     """``obj`` with every non-finite float replaced by None (``found`` collects their key paths)."""
     if isinstance(obj, (float, np.floating)) and not math.isfinite(obj):

@@ -24,7 +24,7 @@ from ..tables import finite as _ok
 from ..tables import markdown_table
 from ..tables import num as _f
 from ..tables import p_value as _p
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, read_json
 from . import figures
 from .results import BENCHMARKS, read_results_csv, write_results_csv
 
@@ -93,10 +93,7 @@ class Campaign:
             return "the campaign's eval.benchmarks list is empty (held-out loss only)"
         notes = []
         for path in sorted((self.dir / "runs").glob("*/record.json")):
-            try:
-                rec = json.loads(path.read_text())
-            except (OSError, ValueError):  # unreadable records are skipped, as in load_records
-                continue
+            rec = read_json(path) or {}  # an unreadable record is skipped, as in load_records
             notes += [n for n in rec.get("notes") or [] if n.startswith("benchmarks not measured")]
         return notes[0] if notes else "no completed run has benchmark scores yet"
 

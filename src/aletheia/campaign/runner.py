@@ -41,7 +41,7 @@ from ..config import RunConfig, run_config
 from ..errors import AletheiaError
 from ..outputs import check_writable, disk_full
 from ..runs import RunRecord, RunStore
-from ..utils import write_json
+from ..utils import read_json, write_json
 from .executors import get_executor
 from .models import materialize_model
 from .spec import SPEC_FILE, CampaignSpec, ModelSpec, load_campaign
@@ -224,7 +224,7 @@ def _execute(job: RunJob, resume: bool = False) -> RunRecord:
     selection = None
     if cfg.method == "aletheia" and job.reuse_probe:
         selection = load_shared_selection(shared / "probe.json", cfg)
-    baseline = _read_json(shared / "baseline.json")
+    baseline = read_json(shared / "baseline.json")
 
     trained = run_training(cfg, selection=selection, progress=False, device=job.device,
                            overwrite=True, baseline=baseline, resume=resume)
@@ -262,7 +262,7 @@ def load_shared_selection(path: Path, cfg: RunConfig):
     """Rebuild a Selection at this run's budget from probe scores saved by an earlier run."""
     from ..selection import Selection, top_fraction
 
-    probe = _read_json(path)
+    probe = read_json(path)
     if probe is None or probe.get("selector") != cfg.probe.selector:
         return None
     scores = probe["scores"]
@@ -289,7 +289,7 @@ def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list
         eval_cfg = EvalConfig.from_dict({**job.eval_options, "tasks": list(job.benchmarks)})
         device = resolve_device(job.device)
         base_file = Path(job.campaign_dir) / "shared" / job.model / "benchmarks_base.json"
-        base = _read_json(base_file)
+        base = read_json(base_file)
         if base is None:
             try:
                 model, tok = load_model_and_tokenizer(model_path, device=device)
@@ -323,13 +323,6 @@ def _score(result: Any, metric: str) -> float | None:
     if not isinstance(result, dict) or result.get(metric) is None:
         return None
     return 100.0 * float(result[metric])
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _now() -> str:
@@ -402,7 +395,7 @@ def campaign_status(campaign_dir: str | Path) -> dict:
             if rec.wall_seconds:
                 durations.append(rec.wall_seconds)
             continue
-        started = _read_json(job.run_dir / STARTED_FILE)
+        started = read_json(job.run_dir / STARTED_FILE)
         if started is None:
             state["pending"].append(job.label)
         elif started.get("host") == socket.gethostname() and not _alive(started.get("pid")):

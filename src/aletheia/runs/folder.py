@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ from pathlib import Path
 from ..errors import AletheiaError
 from ..interrupts import RunInterrupted  # noqa: F401 (re-exported)
 from ..outputs import check_writable, disk_full
-from ..utils import write_json
+from ..utils import read_json, write_json
 
 STATE_FILE = "run_state.json"
 STAGING = ".partial"
@@ -61,10 +60,7 @@ def last_abandoned() -> Path | None:
 
 def read_state(folder: str | Path) -> dict | None:
     """The state a folder's ``run_state.json`` records, or None."""
-    try:
-        state = json.loads((Path(folder) / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    state = read_json(Path(folder) / STATE_FILE)
     return state if isinstance(state, dict) else None
 
 
@@ -179,11 +175,8 @@ class RunFolder:
         return self
 
     def _busy_message(self) -> str:
-        holder = ""
-        try:
-            holder = f" (pid {json.loads((self.staging / STATE_FILE).read_text())['pid']})"
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        pid = (read_state(self.staging) or {}).get("pid")
+        holder = f" (pid {pid})" if pid else ""
         return (f"another aletheia process is writing to {self.target}{holder}; wait for it to finish "
                 "or choose another --output")
 

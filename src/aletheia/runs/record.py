@@ -9,13 +9,12 @@ folders written by earlier versions still load.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..utils import write_json
+from ..utils import read_json, write_json
 
 # summary.json keys of earlier versions -> the record's names
 LEGACY_KEYS = {"adapted_layers": "selected_layers", "eval_loss_after": "eval_loss",
@@ -132,10 +131,7 @@ class RunRecord:
 
 def read_record(path: str | Path) -> RunRecord | None:
     """The record in a JSON file (``summary.json``, ``record.json``), or None when there is none."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
+    data = read_json(path)
     return RunRecord.from_dict(data) if isinstance(data, dict) and "status" in data else None
 
 
