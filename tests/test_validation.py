@@ -457,3 +457,26 @@ def test_the_cli_turns_each_refusal_into_one_line_and_exit_2(tmp_path, capsys, m
 def test_train_config_round_trip_is_unchanged():
     cfg = TrainConfig.from_dict({"steps": 5, "lr": 1e-3, "betas": [0, 0.9]})
     assert cfg.betas == [0.0, 0.9] and TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# --- lists of configs in a campaign spec or a search config ---------------------------------------
+
+BAD_LISTS = [
+    (load_spec, "models:\n", "'models' must be a list, got None"),
+    (load_spec, "recipes: standard\n", "'recipes' must be a list, got 'standard'"),
+    (load_spec, "models: [3]\n", "'models[0]' must be a string or a mapping, got 3"),
+    (load_spec, "models: [{id: default, lr: fast}]\n", "'models[0].lr' must be a number"),
+    (load_search_config, "scan: {arms: null}\n", "'scan.arms' must be a list, got None"),
+    (load_search_config, "scan: {arms: [{name: a}, {lr: x}]}\n", "'scan.arms[1].lr' must be a number"),
+    (load_search_config, "push: {variations: [1]}\n", "'push.variations[0]' must be a mapping of PushVariation"),
+]
+
+
+@pytest.mark.parametrize("load, text, words", BAD_LISTS, ids=[t.split(":")[0] + str(i) for i, (_, t, _) in
+                                                               enumerate(BAD_LISTS)])
+def test_a_bad_list_of_configs_is_one_line_naming_the_entry(tmp_path, load, text, words):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert words in one_line(err), one_line(err)

@@ -152,7 +152,7 @@ class Config:
                 except FieldError as exc:
                     raise exc.under(name) from None
             elif (item := _config_item(typ)) is not None:
-                value = _configs(name, value, item)
+                value = _configs(name, value, item, optional=type(None) in get_args(typ))
             try:
                 kwargs[name] = _coerce(name, value, typ)
             except FieldError as exc:
@@ -187,10 +187,10 @@ def _config_item(typ: Any) -> type[Config] | None:
     return item if isinstance(item, type) and issubclass(item, Config) else None
 
 
-def _configs(name: str, value: Any, cls: type[Config]) -> Any:
+def _configs(name: str, value: Any, cls: type[Config], optional: bool = False) -> Any:
     """The entries of a ``list[SomeConfig]`` field as configs; a wrong entry names itself
-    (``models[2].lr``)."""
-    if value is None:
+    (``models[2].lr``). None only where the field allows it (``list[X] | None``)."""
+    if value is None and optional:
         return None
     if not isinstance(value, list):
         raise FieldError(name, f"must be a list, got {value!r}")

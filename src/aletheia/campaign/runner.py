@@ -359,7 +359,8 @@ def run_campaign(spec: CampaignSpec, campaign_dir: str | Path | None = None, pro
         materialize_model(m, out)
     store = RunStore(out)
     todo = store.todo(jobs, retry_failed)
-    view = ProgressView(total=len(jobs), already=store.records(), enabled=progress,
+    done = [r for job in jobs if (r := store.record(job.run_id)) is not None]
+    view = ProgressView(total=len(jobs), already=done, enabled=progress,
                         on_done=lambda: _refresh_results(out))
     executor = get_executor(spec.executor, out)
     for phase in (0, 1):
