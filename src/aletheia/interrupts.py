@@ -37,10 +37,6 @@ def last_interruption() -> str | None:
     return _messages[-1] if _messages else None
 
 
-def seen_signal() -> str | None:
-    return _messages[0].split()[0] if _messages else None
-
-
 def request_stop(signal_name: str) -> bool:
     """Record a signal; True when a training loop will stop at its next step boundary."""
     if _loops[0] and not _pending:  # a second signal is not waited for

@@ -94,7 +94,7 @@ class RunJob:
         return RunRecord(method=self.config["method"], seed=self.seed, steps=self.config["train"]["steps"],
                          status="failed", reason=reason, run_id=self.run_id, model=self.model,
                          model_id=self.model_id, recipe=self.recipe, budget=self.budget,
-                         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                         finished_at=_now())
 
     @property
     def label(self) -> str:
