@@ -35,14 +35,12 @@ def speedup(per_model: dict, label: str, path: Path) -> Path | None:
         return None
     models = list(per_model)
     summ = [per_model[m][0] for m in models]
-    means = [s.mean for s in summ]
     err = np.array([[max(0.0, s.mean - s.ci_low) if finite(s.ci_low) else 0.0 for s in summ],
                     [max(0.0, s.ci_high - s.mean) if finite(s.ci_high) else 0.0 for s in summ]])
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(models) + 2), 4.0), dpi=130)
-    ax.bar(range(len(models)), means, yerr=err, capsize=5, color="#2e86ab", alpha=0.85,
+    ax.bar(range(len(models)), [s.mean for s in summ], yerr=err, capsize=5, color="#2e86ab", alpha=0.85,
            label="mean, 95% CI")
-    for i, m in enumerate(models):
-        pts = per_model[m][2]
+    for i, (_, _, pts) in enumerate(per_model.values()):
         ax.scatter([i] * len(pts), pts, color="#1b1b1b", s=14, zorder=3,
                    label="seeds" if i == 0 else None)
     ax.axhline(0, color="#555", lw=0.8)
@@ -59,17 +57,15 @@ def speed_vs_forgetting(c, recipes: dict[str, str], path: Path) -> Path | None:
     use_mmlu = c.has_benchmark("mmlu")
     key = "extra_forgetting" if use_mmlu else "eval_loss_vs_standard"
     fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=130)
-    any_pt = False
     for m, col in zip(c.models, _colors(len(c.models))):
         for recipe, label in recipes.items():
             pts = [(a["speedup_pct"], a.get(key)) for _, a in c.pairs(m, recipe)
                    if finite(a.get("speedup_pct")) and finite(a.get(key))]
             if pts:
-                any_pt = True
                 name = m if len(recipes) == 1 else f"{m}, {label}"
                 ax.scatter(*zip(*pts), color=col, s=30, label=name, edgecolor="white", lw=0.5,
                            marker=MARKERS.get(recipe, "^"))
-    if not any_pt:
+    if not ax.has_data():
         plt.close(fig)
         return None
     ax.axhline(0, color="#555", lw=0.8)
@@ -97,11 +93,8 @@ def compute_matched(c, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(models) + 2), 4.0), dpi=130)
     width, lows = 0.26, []
     for k, (recipe, label, col) in enumerate(recipes):
-        means, sds = [], []
-        for m in models:
-            mean, sd = mean_sd([r["eval_loss"] for r in c.ok(model=m, recipe=recipe)])
-            means.append(mean)
-            sds.append(sd if finite(sd) else 0.0)
+        stats = [mean_sd([r["eval_loss"] for r in c.ok(model=m, recipe=recipe)]) for m in models]
+        means, sds = [x for x, _ in stats], [sd if finite(sd) else 0.0 for _, sd in stats]
         lows += [x - s for x, s in zip(means, sds) if finite(x)]
         ax.bar(np.arange(len(models)) + (k - 1) * width, means, width, yerr=sds, capsize=3, color=col,
                label=label)
@@ -122,13 +115,13 @@ def probe_heatmap(c, path: Path, bins: int = 240) -> Path | None:
 
     budget = c.default_budget or 0.5
     rows, labels, marks = [], [], []
+    depth = (np.arange(bins) + 0.5) / bins
     for m in c.models:
         probes = c.probe_scores(m)
         if not probes:
             continue
         n = len(probes[0][0])
         mean_scores = np.mean([p[0] for p in probes if len(p[0]) == n], axis=0) * n
-        depth = (np.arange(bins) + 0.5) / bins
         rows.append(mean_scores[np.minimum((depth * n).astype(int), n - 1)])
         labels.append(f"{m} ({n} layers)")
         marks.append([(i + 0.5) / n for i in top_fraction(list(mean_scores), budget)])
@@ -151,7 +144,6 @@ def probe_heatmap(c, path: Path, bins: int = 240) -> Path | None:
 def layer_budget(c, path: Path) -> Path | None:
     """Mean speedup against the share of layers adapted, one line per model."""
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=130)
-    drawn = False
     for m, col in zip(c.models, _colors(len(c.models))):
         rs = [r for r in c.ok(model=m) if r["recipe"] in ("aletheia", "budget_sweep")
               and finite(r.get("speedup_pct"))]
@@ -160,8 +152,7 @@ def layer_budget(c, path: Path) -> Path | None:
             continue
         means = [mean_sd([r["speedup_pct"] for r in rs if r["budget"] == b])[0] for b in budgets]
         ax.plot([b * 100 for b in budgets], means, marker="o", color=col, label=m)
-        drawn = True
-    if not drawn:
+    if not ax.has_data():
         plt.close(fig)
         return None
     ax.axhline(0, color="#555", lw=0.8)

@@ -27,9 +27,8 @@ class ProgressView:
     def __init__(self, total: int, already: list[RunRecord], enabled: bool = True,
                  on_done: Callable[[], Any] | None = None):
         self.total, self.enabled, self.on_done = total, enabled, on_done
-        self.done = sum(1 for r in already if r.completed)
+        self.done = sum(r.completed for r in already)
         self.failed = len(already) - self.done
-        self.skipped = len(already)
         self.running: set[str] = set()
         self.start = time.time()
         self.finished_now = 0
@@ -66,10 +65,8 @@ class ProgressView:
     def _print(self, text: str, final: bool = True) -> None:
         if not self.enabled:
             return
-        if self.tty and not final:
-            sys.stderr.write("\r\033[K" + text)
-        else:
-            sys.stderr.write(("\r\033[K" if self.tty else "") + text + "\n")
+        end = "" if self.tty and not final else "\n"  # on a terminal the next line overwrites this one
+        sys.stderr.write(("\r\033[K" if self.tty else "") + text + end)
         sys.stderr.flush()
 
     def close(self) -> None:

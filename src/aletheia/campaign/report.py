@@ -26,7 +26,7 @@ from ..tables import num as _f
 from ..tables import p_value as _p
 from ..utils import atomic_write_text, read_json
 from . import figures
-from .results import BENCHMARKS, read_results_csv, write_results_csv
+from .results import BENCHMARKS, EXTRA, read_results_csv, write_results_csv
 
 BENCH_NAMES = {"mmlu": "MMLU", "gsm8k": "GSM8K", "humaneval": "HumanEval"}
 SAME_STEPS = {"aletheia": "Aletheia", "cost_aware": "Cost-aware Aletheia"}
@@ -42,6 +42,11 @@ def _msd(values, fmt: str = "{:.2f}") -> str:
         return "—"
     sd_fmt = fmt.replace("+", "").replace("%", "").replace("pp", "")
     return fmt.format(mean) + (f" ± {sd_fmt.format(sd)}" if _ok(sd) else "")
+
+
+def _ci(x, fmt: str = "{:.2f}") -> str:
+    """The confidence interval of ``x`` (a ``Summary`` or ``PairedTest``) as ``[low, high]``."""
+    return f"[{_f(x.ci_low, fmt)}, {_f(x.ci_high, fmt)}]"
 
 
 def _params(n) -> str:
@@ -69,12 +74,10 @@ class Campaign:
     def ok(self, **where) -> list[dict]:
         return [r for r in self.select(**where) if r["status"] == "completed"]
 
-    def pairs(self, model: str | None, recipe: str, budget: float | None = None) -> list[tuple[dict, dict]]:
+    def pairs(self, model: str | None, recipe: str) -> list[tuple[dict, dict]]:
         """(standard row, recipe row) per seed where both completed."""
         out = []
         for r in self.ok(recipe=recipe, **({"model": model} if model else {})):
-            if budget is not None and r["budget"] != budget:
-                continue
             s = self.ok(model=r["model"], seed=r["seed"], recipe="standard")
             if s:
                 out.append((s[0], r))
@@ -91,23 +94,18 @@ class Campaign:
         wanted = (self.spec or {}).get("eval", {}).get("benchmarks") or []
         if not wanted:
             return "the campaign's eval.benchmarks list is empty (held-out loss only)"
-        notes = []
-        for path in sorted((self.dir / "runs").glob("*/record.json")):
-            rec = read_json(path) or {}  # an unreadable record is skipped, as in load_records
-            notes += [n for n in rec.get("notes") or [] if n.startswith("benchmarks not measured")]
+        # an unreadable record is skipped, as in load_records
+        records = [read_json(p) or {} for p in sorted((self.dir / "runs").glob("*/record.json"))]
+        notes = [n for r in records for n in r.get("notes") or [] if n.startswith("benchmarks not measured")]
         return notes[0] if notes else "no completed run has benchmark scores yet"
 
     def probe_scores(self, model: str) -> list[tuple[list[float], list[int]]]:
         """(normalised scores, selected layers) of each seed's probe for ``model``."""
-        out = []
         files = sorted((self.dir / "shared" / model).glob("seed-*/probe.json"))
         if not files:
             files = sorted(p / "probe.json" for p in (self.dir / "runs").glob(f"{model}__seed*__aletheia__*"))
-        for path in files:
-            if path.is_file():
-                d = json.loads(path.read_text())
-                out.append((d["normalized_scores"], d["selected_layers"]))
-        return out
+        probes = [json.loads(path.read_text()) for path in files if path.is_file()]
+        return [(d["normalized_scores"], d["selected_layers"]) for d in probes]
 
     @property
     def same_steps(self) -> list[str]:
@@ -116,8 +114,7 @@ class Campaign:
 
     @property
     def default_budget(self) -> float | None:
-        b = [r["budget"] for r in self.select(recipe="aletheia")]
-        return b[0] if b else None
+        return next((r["budget"] for r in self.select(recipe="aletheia")), None)
 
 
 def _read_yaml(path: Path) -> dict | None:
@@ -131,7 +128,6 @@ def _read_yaml(path: Path) -> dict | None:
 
     if not path.exists():
         return None
-    fix = f"fix it, or copy the spec the campaign was run with to {path}"
     try:
         data = load_yaml_file(path, "campaign spec")
         if not isinstance(data, dict):
@@ -139,7 +135,7 @@ def _read_yaml(path: Path) -> dict | None:
         CampaignSpec.from_dict(data).validate()
     except ConfigError as exc:
         msg = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
-        raise AletheiaError(f"{msg}; {fix}") from None
+        raise AletheiaError(f"{msg}; fix it, or copy the spec the campaign was run with to {path}") from None
     return data
 
 
@@ -148,37 +144,28 @@ def _read_yaml(path: Path) -> dict | None:
 def speedup_table(c: Campaign, recipe: str = "aletheia") -> tuple[str, dict]:
     rows, all_std, all_ale, per_model = [], [], [], {}
     for m in c.models:
-        pairs = c.pairs(m, recipe)
-        if not pairs:
-            continue
-        std = [s["train_seconds"] for s, _ in pairs]
-        ale = [a["train_seconds"] for _, a in pairs]
-        sp = [a["speedup_pct"] for _, a in pairs]
-        test, summ = paired_test(std, ale), summarize(sp)
-        per_model[m] = (summ, test, sp)
-        all_std += std
-        all_ale += ale
-        rows.append([m, _msd(std), _msd(ale), _msd(sp, "{:.1f}"),
-                     f"[{_f(summ.ci_low, '{:.1f}')}, {_f(summ.ci_high, '{:.1f}')}]",
-                     _msd([a["time_ratio"] for _, a in pairs], "{:.3f}"), _p(test.p),
-                     f"{sum(x > 0 for x in sp)}/{len(sp)}"])
+        if pairs := c.pairs(m, recipe):
+            std, ale = [s["train_seconds"] for s, _ in pairs], [a["train_seconds"] for _, a in pairs]
+            sp = [a["speedup_pct"] for _, a in pairs]
+            test, summ = paired_test(std, ale), summarize(sp)
+            per_model[m] = (summ, test, sp)
+            all_std += std
+            all_ale += ale
+            rows.append([m, _msd(std), _msd(ale), _msd(sp, "{:.1f}"), _ci(summ, "{:.1f}"),
+                         _msd([a["time_ratio"] for _, a in pairs], "{:.3f}"), _p(test.p),
+                         f"{sum(x > 0 for x in sp)}/{len(sp)}"])
     overall = paired_test(all_std, all_ale)
-    sp_all = [a["speedup_pct"] for m in c.models for _, a in c.pairs(m, recipe)]
-    if rows:
-        summ = summarize(sp_all)
-        rows.append(["**Overall**", _msd(all_std), _msd(all_ale), _msd(sp_all, "{:.1f}"),
-                     f"[{_f(summ.ci_low, '{:.1f}')}, {_f(summ.ci_high, '{:.1f}')}]",
-                     _f(float(np.mean(all_std) / np.mean(all_ale)), "{:.3f}"), _p(overall.p),
-                     f"{sum(x > 0 for x in sp_all)}/{len(sp_all)}"])
+    if not rows:
+        return f"_No completed standard/{recipe} pair yet._", {"per_model": per_model, "overall": overall}
+    sp_all = [x for _, _, sp in per_model.values() for x in sp]
+    rows.append(["**Overall**", _msd(all_std), _msd(all_ale), _msd(sp_all, "{:.1f}"),
+                 _ci(summarize(sp_all), "{:.1f}"), _f(float(np.mean(all_std) / np.mean(all_ale)), "{:.3f}"),
+                 _p(overall.p), f"{sum(x > 0 for x in sp_all)}/{len(sp_all)}"])
     head = ["Model", "Std time (s)", "Ale time (s)", "Speedup (%)", "95% CI (%)", "Ratio", "p-value", "Wins"]
-    text = markdown_table(head, rows) if rows else f"_No completed standard/{recipe} pair yet._"
-    if rows:
-        text += (f"\n\nOverall paired t-test over all {overall.n} (model, seed) pairs of training times: "
-                 f"t = {_f(overall.t)}, df = {overall.df}, p = {_p(overall.p)}, "
-                 f"Cohen's d = {_f(overall.cohen_d)}, "
-                 f"win rate {_f(overall.win_rate * 100 if _ok(overall.win_rate) else None, '{:.0f}')}% "
-                 f"(mean time saved {_f(overall.mean_diff)} s per run, 95% CI "
-                 f"[{_f(overall.ci_low)}, {_f(overall.ci_high)}] s).")
+    text = (f"{markdown_table(head, rows)}\n\nOverall paired t-test over all {overall.n} (model, seed) pairs "
+            f"of training times: t = {_f(overall.t)}, df = {overall.df}, p = {_p(overall.p)}, Cohen's d = "
+            f"{_f(overall.cohen_d)}, win rate {_f(overall.win_rate * 100, '{:.0f}')}% (mean time saved "
+            f"{_f(overall.mean_diff)} s per run, 95% CI {_ci(overall)} s).")
     return text, {"per_model": per_model, "overall": overall}
 
 
@@ -209,50 +196,39 @@ def quality_tests(c: Campaign, recipe: str = "aletheia") -> list[list[str]]:
     metrics: list[tuple[str, str, Callable[[float], float]]] = [("held-out loss", "eval_loss", lambda x: -x)]
     metrics += [(f"{BENCH_NAMES[b]} Δ (pp)", f"{b}_delta", lambda x: x) for b in BENCHMARKS if c.has_benchmark(b)]
     for name, key, better in metrics:
-        a = [p[1].get(key) for p in pairs]
-        s = [p[0].get(key) for p in pairs]
+        s, a = [p[0].get(key) for p in pairs], [p[1].get(key) for p in pairs]
         t = paired_test(a, s)
         if t.n == 0:
             continue
         wins = [better(x) > better(y) for x, y in zip(a, s) if _ok(x) and _ok(y)]
-        out.append([name, str(t.n), _f(t.mean_diff, "{:+.4f}"),
-                    f"[{_f(t.ci_low, '{:+.4f}')}, {_f(t.ci_high, '{:+.4f}')}]",
-                    _p(t.p), _f(t.cohen_d), f"{sum(wins)}/{len(wins)}"])
+        out.append([name, str(t.n), _f(t.mean_diff, "{:+.4f}"), _ci(t, "{:+.4f}"), _p(t.p), _f(t.cohen_d),
+                    f"{sum(wins)}/{len(wins)}"])
     return out
 
 
 def benchmark_delta_table(c: Campaign, recipe: str = "aletheia") -> str:
     rows = []
     for m in c.models:
-        pairs = c.pairs(m, recipe)
-        if not pairs:
-            continue
-        row = [m]
-        for b in BENCHMARKS:
-            key = "extra_forgetting" if b == "mmlu" else f"{b}_extra"
-            row.append(_msd([a.get(key) for _, a in pairs], "{:+.2f}"))
-        row.append(_msd([a.get("eval_loss_vs_standard") for _, a in pairs], "{:+.4f}"))
-        rows.append(row)
+        if pairs := c.pairs(m, recipe):
+            rows.append([m, *(_msd([a.get(col) for _, a in pairs], "{:+.2f}") for col in EXTRA.values()),
+                         _msd([a.get("eval_loss_vs_standard") for _, a in pairs], "{:+.4f}")])
     if not rows:
         return f"_No completed standard/{recipe} pair yet._"
     head = ["Model", "MMLU (pp)", "GSM8K (pp)", "HumanEval (pp)", "Held-out loss"]
-    note = ""
-    if not any(c.has_benchmark(b) for b in BENCHMARKS):
-        note = f"\n\nBenchmark columns are empty: {c.benchmark_reason()}."
+    measured = any(c.has_benchmark(b) for b in BENCHMARKS)
+    note = "" if measured else f"\n\nBenchmark columns are empty: {c.benchmark_reason()}."
     return markdown_table(head, rows) + note
 
 
 def compute_matched_table(c: Campaign) -> str:
     rows = []
     for m in c.models:
-        cm = c.ok(model=m, recipe="compute_matched")
-        if not cm:
+        if not (cm := c.ok(model=m, recipe="compute_matched")):
             continue
         seeds = [r["seed"] for r in cm]
-        std = [r for r in c.ok(model=m, recipe="standard") if r["seed"] in seeds]
-        ale = [r for r in c.ok(model=m, recipe="aletheia") if r["seed"] in seeds]
-        rows.append([m, _msd([r["eval_loss"] for r in std], "{:.4f}"), _msd([r["eval_loss"] for r in ale], "{:.4f}"),
-                     _msd([r["eval_loss"] for r in cm], "{:.4f}"), _msd([r["steps"] for r in cm], "{:.0f}"),
+        losses = [[r["eval_loss"] for r in c.ok(model=m, recipe=k) if r["seed"] in seeds]
+                  for k in ("standard", "aletheia", "compute_matched")]
+        rows.append([m, *(_msd(x, "{:.4f}") for x in losses), _msd([r["steps"] for r in cm], "{:.0f}"),
                      _msd([1 / r["time_ratio"] if _ok(r.get("time_ratio")) else None for r in cm], "{:.2f}"),
                      _msd([r.get("eval_loss_vs_standard") for r in cm], "{:+.4f}")])
     if not rows:
@@ -273,12 +249,11 @@ def budget_table(c: Campaign) -> str:
             rs = [r for r in c.ok(model=m, recipe=recipe) if budget is None or r["budget"] == budget]
             if not rs:
                 continue
-            row = [m, "100% (standard)" if budget is None else f"{budget:.0%}",
-                   _msd([r["n_selected"] for r in rs], "{:.1f}"), _msd([r["train_seconds"] for r in rs]),
-                   "—" if budget is None else _msd([r["speedup_pct"] for r in rs], "{:.1f}"),
-                   _msd([r["eval_loss"] for r in rs], "{:.4f}")]
-            row += [_msd([r.get(f"{b}_delta") for r in rs], "{:+.1f}") for b in BENCHMARKS]
-            rows.append(row)
+            rows.append([m, "100% (standard)" if budget is None else f"{budget:.0%}",
+                         _msd([r["n_selected"] for r in rs], "{:.1f}"), _msd([r["train_seconds"] for r in rs]),
+                         "—" if budget is None else _msd([r["speedup_pct"] for r in rs], "{:.1f}"),
+                         _msd([r["eval_loss"] for r in rs], "{:.4f}"),
+                         *(_msd([r.get(f"{b}_delta") for r in rs], "{:+.1f}") for b in BENCHMARKS)])
     if not rows:
         return "_No completed budget sweep._"
     return markdown_table(["Model", "Budget", "Layers", "Train time (s)", "Speedup (%)", "Eval loss", "MMLU Δ",
@@ -320,9 +295,9 @@ def write_report(campaign_dir: str | Path) -> dict[str, Path]:
                             f"(aletheia campaign status {d})")
     figs, speed, made = d / "figures", {}, {}
     for recipe in c.same_steps:
-        speed[recipe] = speedup_table(c, recipe)
+        speed[recipe], stats = speedup_table(c, recipe)
         key = "speedup" + ("" if recipe == "aletheia" else f"_{recipe}")
-        made[key] = figures.speedup(speed[recipe][1]["per_model"], SAME_STEPS[recipe],
+        made[key] = figures.speedup(stats["per_model"], SAME_STEPS[recipe],
                                     figs / f"{key.replace('speedup', 'speedup_ci')}.png")
     made |= {
         "speed_vs_forgetting": figures.speed_vs_forgetting(
@@ -332,7 +307,7 @@ def write_report(campaign_dir: str | Path) -> dict[str, Path]:
         "layer_budget": figures.layer_budget(c, figs / "layer_budget.png"),
     }
     files = {k: v for k, v in made.items() if v is not None}
-    atomic_write_text(d / "REPORT.md", _report_md(c, {r: t for r, (t, _) in speed.items()}, files))
+    atomic_write_text(d / "REPORT.md", _report_md(c, speed, files))
     atomic_write_text(d / "FORGETTING_DELTAS_ANALYSIS.md", _forgetting_md(c))
     atomic_write_text(d / "COMPUTE_MATCHED_ANALYSIS.md", _compute_matched_md(c))
     files.update(report=d / "REPORT.md", forgetting=d / "FORGETTING_DELTAS_ANALYSIS.md",
@@ -373,8 +348,7 @@ def _report_md(c: Campaign, speed_md: dict[str, str], files: dict) -> str:
         out += [f"## MMLU forgetting{after}", "", mmlu_table(c, recipe), ""]
         out += [f"## Multi-benchmark deltas ({name} Δ − standard Δ)", "",
                 benchmark_delta_table(c, recipe), ""]
-        q = quality_tests(c, recipe)
-        if q:
+        if q := quality_tests(c, recipe):
             out += [(f"Quality, paired over all (model, seed) pairs (difference = {name} − standard; a "
                      f"win is a pair where {name} is better):"), "",
                     markdown_table(["Metric", "Pairs", "Mean diff", "95% CI", "p-value", "Cohen's d",
@@ -412,22 +386,21 @@ def _forgetting_sections(c: Campaign, recipe: str, measured: list[str]) -> list[
     mcnemar = any(_ok(r.get("mmlu_mcnemar_p")) for r in c.rows)
     pairs = [p for m in c.models for p in c.pairs(m, recipe)]
     for b in measured:
-        extra_key = "extra_forgetting" if b == "mmlu" else f"{b}_extra"
         with_p = mcnemar and b == "mmlu"
         rows = [[a["model"], str(s["seed"]), _f(s.get(f"{b}_base"), "{:.1f}"),
                  _f(s.get(f"{b}_ft"), "{:.1f}"), _f(s.get(f"{b}_delta"), "{:+.1f}"),
                  _f(a.get(f"{b}_ft"), "{:.1f}"), _f(a.get(f"{b}_delta"), "{:+.1f}"),
-                 _f(a.get(extra_key), "{:+.1f}")] + ([_f(a.get("mmlu_mcnemar_p"))] if with_p else [])
+                 _f(a.get(EXTRA[b]), "{:+.1f}")] + ([_f(a.get("mmlu_mcnemar_p"))] if with_p else [])
                 for s, a in pairs]
         t = paired_test([a.get(f"{b}_delta") for _, a in pairs], [s.get(f"{b}_delta") for s, _ in pairs])
-        ok = [x for x in (a.get(extra_key) for _, a in pairs) if _ok(x)]
+        ok = [x for x in (a.get(EXTRA[b]) for _, a in pairs) if _ok(x)]
         head = ["Model", "Seed", "Base", "Std FT", "Std Δ", "Ale FT", "Ale Δ", "Extra"]
         out += [f"## {BENCH_NAMES[b]}{after}", "",
                 markdown_table(head + (["McNemar p"] if with_p else []), rows), "",
                 (f"Extra forgetting over {t.n} pairs: mean {_f(t.mean_diff, '{:+.2f}')} pp, 95% CI "
-                 f"[{_f(t.ci_low, '{:+.2f}')}, {_f(t.ci_high, '{:+.2f}')}], paired t-test p = {_p(t.p)}, "
-                 f"Cohen's d = {_f(t.cohen_d)}; within ±1 pp in {sum(abs(x) <= 1 for x in ok)}/{len(ok)} "
-                 f"pairs; worst {_f(min(ok) if ok else None, '{:+.1f}')} pp."), ""]
+                 f"{_ci(t, '{:+.2f}')}, paired t-test p = {_p(t.p)}, Cohen's d = {_f(t.cohen_d)}; within "
+                 f"±1 pp in {sum(abs(x) <= 1 for x in ok)}/{len(ok)} pairs; worst "
+                 f"{_f(min(ok, default=None), '{:+.1f}')} pp."), ""]
         if with_p:
             out += [("McNemar p: exact test of the standard and this run's right/wrong answers on the "
                      "same questions (small p: the two fine-tuned models answer differently)."), ""]
@@ -445,39 +418,29 @@ def _compute_matched_md(c: Campaign) -> str:
            ("Compute-matched Aletheia trains the same selected layers for more steps, to spend the wall-clock time "
            "it saves (a fixed step factor, or as many steps as fit in the paired standard run's time). Each row "
            "is one seed; generated by `aletheia report` from `results.csv`."), ""]
-    rows, cm_l, std_l, ale_l = [], [], [], []
+    trios = []  # (standard, Aletheia at the same steps or {}, compute-matched) per seed
     for m in c.models:
         for s, cm in c.pairs(m, "compute_matched"):
             a = c.ok(model=m, seed=s["seed"], recipe="aletheia")
-            a = a[0] if a else {}
-            rows.append([m, str(s["seed"]), f"{s['steps']} / {_f(s['train_seconds'], '{:.1f}')}s",
-                         f"{a.get('steps', '—')} / {_f(a.get('train_seconds'), '{:.1f}')}s",
-                         f"{cm['steps']} / {_f(cm['train_seconds'], '{:.1f}')}s",
-                         _f(1 / cm["time_ratio"] if _ok(cm.get("time_ratio")) else None, "{:.2f}"),
-                         _f(s.get("eval_loss"), "{:.4f}"), _f(a.get("eval_loss"), "{:.4f}"),
-                         _f(cm.get("eval_loss"), "{:.4f}")])
-            std_l.append(s.get("eval_loss"))
-            cm_l.append(cm.get("eval_loss"))
-            ale_l.append(a.get("eval_loss"))
-    if not rows:
+            trios.append((s, a[0] if a else {}, cm))
+    if not trios:
         return "\n".join(out + ["_No completed compute-matched run._", ""])
+    steps_time = lambda r: f"{r.get('steps', '—')} / {_f(r.get('train_seconds'), '{:.1f}')}s"
+    rows = [[s["model"], str(s["seed"]), steps_time(s), steps_time(a), steps_time(cm),
+             _f(1 / cm["time_ratio"] if _ok(cm.get("time_ratio")) else None, "{:.2f}"),
+             *(_f(r.get("eval_loss"), "{:.4f}") for r in (s, a, cm))] for s, a, cm in trios]
+    std_l, ale_l, cm_l = ([r.get("eval_loss") for r in col] for col in zip(*trios))
     vs_std, vs_ale = paired_test(cm_l, std_l), paired_test(cm_l, ale_l)
     out += [markdown_table(["Model", "Seed", "Std steps / time", "Ale steps / time", "CM steps / time", "CM time / Std",
                     "Std loss", "Ale loss", "CM loss"], rows), "",
             (f"Held-out loss, compute-matched − standard over {vs_std.n} pairs: mean {_f(vs_std.mean_diff, '{:+.4f}')} "
-            f"(95% CI [{_f(vs_std.ci_low, '{:+.4f}')}, {_f(vs_std.ci_high, '{:+.4f}')}], p = {_p(vs_std.p)}, "
-            f"d = {_f(vs_std.cohen_d)})."),
-            "",
+             f"(95% CI {_ci(vs_std, '{:+.4f}')}, p = {_p(vs_std.p)}, d = {_f(vs_std.cohen_d)})."), "",
             (f"Held-out loss, compute-matched − Aletheia at the same steps over {vs_ale.n} pairs: mean "
-            f"{_f(vs_ale.mean_diff, '{:+.4f}')} (95% CI [{_f(vs_ale.ci_low, '{:+.4f}')}, "
-            f"{_f(vs_ale.ci_high, '{:+.4f}')}], "
-            f"p = {_p(vs_ale.p)})."), ""]
-    for b in BENCHMARKS:
-        if c.has_benchmark(b):
-            pairs = [p for m in c.models for p in c.pairs(m, "compute_matched")]
-            t = paired_test([p[1].get(f"{b}_delta") for p in pairs], [p[0].get(f"{b}_delta") for p in pairs])
-            out += [(f"{BENCH_NAMES[b]}: compute-matched Δ − standard Δ = {_f(t.mean_diff, '{:+.2f}')} pp over {t.n} "
-                    f"pairs (p = {_p(t.p)})."), ""]
+             f"{_f(vs_ale.mean_diff, '{:+.4f}')} (95% CI {_ci(vs_ale, '{:+.4f}')}, p = {_p(vs_ale.p)})."), ""]
+    for b in filter(c.has_benchmark, BENCHMARKS):
+        t = paired_test([cm.get(f"{b}_delta") for s, _, cm in trios], [s.get(f"{b}_delta") for s, _, cm in trios])
+        out += [(f"{BENCH_NAMES[b]}: compute-matched Δ − standard Δ = {_f(t.mean_diff, '{:+.2f}')} pp over {t.n} "
+                 f"pairs (p = {_p(t.p)})."), ""]
     return "\n".join(out)
 
 

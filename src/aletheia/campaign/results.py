@@ -23,12 +23,14 @@ from ..utils import atomic_write_text
 from .spec import RECIPE_KINDS, SPEC_FILE, load_campaign
 
 BENCHMARKS = ("mmlu", "gsm8k", "humaneval")
+EXTRA = {b: "extra_forgetting" if b == "mmlu" else f"{b}_extra" for b in BENCHMARKS}
+"""Each benchmark's column of (this run's Δ − the standard run's Δ)."""
 COLUMNS = [
     "model", "family", "parameters", "layers", "selected_layers", "n_selected", "seed", "recipe", "budget",
     "steps", "status", "reason", "train_seconds", "speedup_pct", "time_ratio", "probe_seconds",
     "trainable_params", "eval_loss_before", "eval_loss", "eval_loss_vs_standard",
     *[f"{b}_{k}" for b in BENCHMARKS for k in ("base", "ft", "delta")],
-    "extra_forgetting", "gsm8k_extra", "humaneval_extra", "run_id",
+    *EXTRA.values(), "run_id",
 ]
 OPTIONAL_COLUMNS = ["mmlu_mcnemar_p"]
 """Columns written only when some row has a value, so older results.csv files stay byte-identical."""
@@ -78,18 +80,14 @@ def build_rows(records: list[dict], model_order: list[str] | None = None,
         row["n_selected"] = len(layers) if layers else None
         for b in BENCHMARKS:
             row[f"{b}_delta"] = _sub(r.get(f"{b}_ft"), r.get(f"{b}_base"))
-        ok = r.get("status") == "completed"
         s = std.get((r["model"], r["seed"]))
-        paired = ok and s is not None and s.get("status") == "completed" and r["recipe"] != "standard"
-        if paired:
+        if s is not None and r["recipe"] != "standard" and r.get("status") == s.get("status") == "completed":
             if r.get("train_seconds") and s.get("train_seconds"):
                 row["time_ratio"] = s["train_seconds"] / r["train_seconds"]
                 row["speedup_pct"] = 100.0 * (1.0 - r["train_seconds"] / s["train_seconds"])
             row["eval_loss_vs_standard"] = _sub(r.get("eval_loss"), s.get("eval_loss"))
-            std_delta = {b: _sub(s.get(f"{b}_ft"), s.get(f"{b}_base")) for b in BENCHMARKS}
-            row["extra_forgetting"] = _sub(row["mmlu_delta"], std_delta["mmlu"])
-            row["gsm8k_extra"] = _sub(row["gsm8k_delta"], std_delta["gsm8k"])
-            row["humaneval_extra"] = _sub(row["humaneval_delta"], std_delta["humaneval"])
+            for b, col in EXTRA.items():
+                row[col] = _sub(row[f"{b}_delta"], _sub(s.get(f"{b}_ft"), s.get(f"{b}_base")))
             row["mmlu_mcnemar_p"] = _mcnemar_p(answers.get(r.get("run_id")), answers.get(s.get("run_id")))
         rows.append(row)
     order = {m: i for i, m in enumerate(model_order or [])}
@@ -107,17 +105,12 @@ def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({c: _cell(row.get(c)) for c in columns})
+    writer.writerows({c: _cell(row.get(c)) for c in columns} for row in rows)
     return buf.getvalue()
 
 
 def _cell(v):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return v
+    return "" if v is None else f"{v:.6g}" if isinstance(v, float) else v
 
 
 def write_results_csv(campaign_dir: str | Path) -> list[dict]:
@@ -131,18 +124,13 @@ def write_results_csv(campaign_dir: str | Path) -> list[dict]:
 
 def read_results_csv(path: str | Path) -> list[dict]:
     """Read ``results.csv`` back with numbers as numbers and empty cells as None."""
-    rows = []
     with open(path, newline="") as fh:
-        for raw in csv.DictReader(fh):
-            row: dict[str, Any] = {}
-            for k, v in raw.items():
-                if v == "" or v is None:
-                    row[k] = None
-                elif k in TEXT_COLS:
-                    row[k] = v
-                elif k in INT_COLS:
-                    row[k] = int(float(v))
-                else:
-                    row[k] = float(v)
-            rows.append(row)
-    return rows
+        return [{k: _parse(k, v) for k, v in raw.items()} for raw in csv.DictReader(fh)]
+
+
+def _parse(column: str, v: str | None):
+    if v == "" or v is None:
+        return None
+    if column in TEXT_COLS:
+        return v
+    return int(float(v)) if column in INT_COLS else float(v)

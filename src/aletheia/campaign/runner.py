@@ -211,7 +211,7 @@ def _execute(job: RunJob, resume: bool = False) -> RunRecord:
     cfg: RunConfig = RunConfig.from_dict(job.config)  # type: ignore[assignment]
     model_path = materialize_model(ModelSpec(id=job.model_id), job.campaign_dir)
     cfg.model = model_path
-    shared = Path(job.campaign_dir) / "shared" / job.model / f"seed-{job.seed}"
+    shared = RunStore(job.campaign_dir).shared(job.model, job.seed)
     notes = []
 
     if job.match == "wallclock":
@@ -288,7 +288,7 @@ def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list
 
         eval_cfg = EvalConfig.from_dict({**job.eval_options, "tasks": list(job.benchmarks)})
         device = resolve_device(job.device)
-        base_file = Path(job.campaign_dir) / "shared" / job.model / "benchmarks_base.json"
+        base_file = RunStore(job.campaign_dir).shared(job.model) / "benchmarks_base.json"
         base = read_json(base_file)
         if base is None:
             try:
@@ -310,12 +310,9 @@ def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list
         why = str(exc) if isinstance(exc, _BenchmarksUnavailable) else _reason(exc)
         notes.append(f"benchmarks not measured: {why}")
         return out
-    for task in job.benchmarks:
-        metric = BENCHMARK_METRICS.get(task)
-        if metric is None:
-            continue
-        b, t = _score(base.get(task), metric), _score(tuned.get(task), metric)
-        out[f"{task}_base"], out[f"{task}_ft"] = b, t
+    for task in (t for t in job.benchmarks if t in BENCHMARK_METRICS):
+        out[f"{task}_base"] = _score(base.get(task), BENCHMARK_METRICS[task])
+        out[f"{task}_ft"] = _score(tuned.get(task), BENCHMARK_METRICS[task])
     return out
 
 
