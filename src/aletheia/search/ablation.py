@@ -42,9 +42,6 @@ class Term:
     p: float
     sum_sq: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def factorial_2x2(y: Sequence[float], a: Sequence[int], b: Sequence[int],
                   names: tuple[str, str] = ("A", "B")) -> dict:
@@ -87,8 +84,8 @@ def factorial_2x2(y: Sequence[float], a: Sequence[int], b: Sequence[int],
             t = math.copysign(math.inf, c) if c else math.nan
             p = 0.0 if c else 1.0
         F = t * t
-        terms.append(Term(label, 2 * c, c, se, t, F, df, p, F * mse if math.isfinite(F) else math.nan))
+        terms.append(asdict(Term(label, 2 * c, c, se, t, F, df, p, F * mse if math.isfinite(F) else math.nan)))
     means = {(i, j): float(y_[(a_ == i) & (b_ == j)].mean()) for i in (0, 1) for j in (0, 1)}
-    return {"terms": [t.to_dict() for t in terms], "cell_means": [[means[(i, j)] for j in (0, 1)] for i in (0, 1)],
+    return {"terms": terms, "cell_means": [[means[(i, j)] for j in (0, 1)] for i in (0, 1)],
             "cell_counts": [[counts[(i, j)] for j in (0, 1)] for i in (0, 1)], "mse": mse, "rss": rss,
             "df_resid": df, "n": n, "intercept": float(coef[0]), "factors": list(names)}

@@ -97,8 +97,7 @@ class ScanConfig(Config):
         p = super().problems() + over_cap(self.steps, "(the paper: 150)")
         if not self.arms:
             p.append("arms must list at least one arm")
-        for arm in self.arms:
-            p += [f"arms.{q}" for q in arm.problems()]
+        p += [f"arms.{q}" for arm in self.arms for q in arm.problems()]
         p += duplicate_names("arms", [a.name for a in self.arms], " (names must be unique)")
         return p
 
@@ -155,11 +154,8 @@ class PushConfig(Config):
     """Empty: skip the stage."""
 
     def problems(self) -> list[str]:
-        p = []
-        for v in self.variations:
-            p += [f"variations.{q}" for q in v.problems()]
-        p += duplicate_names("variations", [v.name for v in self.variations])
-        return p
+        p = [f"variations.{q}" for v in self.variations for q in v.problems()]
+        return p + duplicate_names("variations", [v.name for v in self.variations])
 
 
 @dataclass

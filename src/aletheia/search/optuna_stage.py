@@ -11,8 +11,6 @@ saved to ``stages/optuna.plan.json`` before they run, so a resumed search replay
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AletheiaError
@@ -37,10 +35,9 @@ def _distributions(search: Search) -> dict[str, Any]:
 
 
 def _inside(settings: dict, dists: dict[str, Any]) -> bool:
-    d = dists
-    return (d["layers"].low <= settings["layers"] <= d["layers"].high and settings["modules"] in d["modules"].choices
-            and settings["attention_rank"] in d["attention_rank"].choices
-            and settings["mlp_rank"] in d["mlp_rank"].choices and d["lr"].low <= settings["lr"] <= d["lr"].high)
+    """Whether every setting is one of its distribution's choices or inside its range."""
+    return all(settings[k] in d.choices if hasattr(d, "choices") else d.low <= settings[k] <= d.high
+               for k, d in dists.items())
 
 
 def run_optuna_trials(search: Search) -> tuple[list[dict], dict]:
@@ -75,12 +72,14 @@ def run_optuna_trials(search: Search) -> tuple[list[dict], dict]:
         warm.append(r["arm"])
 
     plan_file = search.stage_file("optuna", plan=True)
-    entries: list[dict] = _plan(plan_file)
+    entries = search.saved_plan("optuna")
 
-    def save(entry: dict) -> None:
+    def run(entry: dict) -> dict:
+        """Add the run to the saved plan (once) before it starts, then run it."""
         if all(e["run_id"] != entry["run_id"] for e in entries):
             entries.append(entry)
             write_json(plan_file, {"stage": "optuna", "runs": entries})
+        return search.run([entry], "optuna")[0]
 
     full_rows, trials = [], []
     for i in range(oc.trials):
@@ -91,9 +90,8 @@ def run_optuna_trials(search: Search) -> tuple[list[dict], dict]:
         arm = ArmSpec(name=f"t{i:03d}", **trial.params)
         info: dict[str, Any] = {"trial": i, "settings": arm.settings()}
         if staged:
-            low = search.entry("optuna", arm, cfg.scan.steps, run_id=f"optuna__t{i:03d}__s{cfg.scan.steps}", trial=i)
-            save(low)
-            row = search.run([low], "optuna")[0]
+            row = run(search.entry("optuna", arm, cfg.scan.steps, trial=i,
+                                   run_id=f"optuna__{arm.name}__s{cfg.scan.steps}"))
             if not row["ok"]:
                 study.tell(trial, state=TrialState.FAIL)
                 trials.append({**info, "state": "failed", "reason": row.get("reason")})
@@ -104,9 +102,7 @@ def run_optuna_trials(search: Search) -> tuple[list[dict], dict]:
                 trials.append({**info, "state": "pruned", "loss_at_scan_steps": row["eval_loss"]})
                 log(f"optuna: trial {i} pruned at {cfg.scan.steps} steps (loss {row['eval_loss']:.4f})")
                 continue
-        full = search.entry("optuna", arm, cfg.full.steps, run_id=f"optuna__t{i:03d}", trial=i)
-        save(full)
-        row = search.run([full], "optuna")[0]
+        row = run(search.entry("optuna", arm, cfg.full.steps, run_id=f"optuna__{arm.name}", trial=i))
         full_rows.append(row)
         if row["ok"]:
             study.tell(trial, row["eval_loss"])
@@ -120,7 +116,3 @@ def run_optuna_trials(search: Search) -> tuple[list[dict], dict]:
                     f"run(s): {', '.join(warm) or 'none'}; {states.count('complete')} complete, "
                     f"{states.count('pruned')} pruned, {states.count('failed')} failed")
     return full_rows, {"trials": trials, "warm_start": warm, "notes": notes}
-
-
-def _plan(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["runs"] if path.is_file() else []

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..tables import markdown_table
 from ..utils import atomic_write_text, write_json
 from .config import STAGES
-from .rows import add_speed, fmt, mean, rank_rows
+from .rows import add_speed, fmt, mean, rank_rows, standard
 
 if TYPE_CHECKING:
     from .runner import Search
@@ -30,11 +30,9 @@ STAGE_COLORS = {"scan": "#7f8c8d", "full": "#1f77b4", "push": "#d62728", "optuna
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points (time, loss) that no other point dominates (both minimised)."""
-    front = []
-    for i, (t, y) in enumerate(points):
-        dominated = any((t2 <= t and y2 <= y) and (t2 < t or y2 < y) for j, (t2, y2) in enumerate(points) if j != i)
-        if not dominated:
-            front.append(i)
+    # a point never dominates itself: it is not strictly better than itself on either axis
+    front = [i for i, (t, y) in enumerate(points)
+             if not any(t2 <= t and y2 <= y and (t2 < t or y2 < y) for t2, y2 in points)]
     return sorted(front, key=lambda i: points[i][0])
 
 
@@ -44,13 +42,10 @@ def ablation_cells(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["ok"]:
             cells.setdefault(tuple(r["cell"]), []).append(r)
-    out = []
-    for cell, rs in sorted(cells.items()):
-        out.append({**rs[0], "run_id": f"ablation__{rs[0]['arm']}", "seed": [r["seed"] for r in rs],
-                    "eval_loss": mean([r["eval_loss"] for r in rs]),
-                    "eval_loss_sd": _sd([r["eval_loss"] for r in rs]),
-                    "train_seconds": mean([r["train_seconds"] for r in rs]), "n": len(rs), "ok": True})
-    return out
+    return [{**rs[0], "run_id": f"ablation__{rs[0]['arm']}", "seed": [r["seed"] for r in rs],
+             "eval_loss": mean([r["eval_loss"] for r in rs]), "eval_loss_sd": _sd([r["eval_loss"] for r in rs]),
+             "train_seconds": mean([r["train_seconds"] for r in rs]), "n": len(rs), "ok": True}
+            for _, rs in sorted(cells.items())]
 
 
 def _sd(values: list[float]) -> float | None:
@@ -63,10 +58,10 @@ def _sd(values: list[float]) -> float | None:
 def panels(search: Search) -> dict[str, list[dict]]:
     """The comparable groups of runs: quick scan, and everything at the full step count."""
     scan = search.rows("scan")
-    full_base = [r for r in search.rows("full") if r["method"] == "standard"]
-    add_speed(scan, [r for r in scan if r["method"] == "standard"] + full_base)
-    full_len = search.full_length_rows() + ablation_cells(search.rows("ablation"))
-    add_speed(full_len, full_base)
+    full_base = standard(search.rows("full"))
+    add_speed(scan, standard(scan) + full_base)
+    # full_length_rows() come with their speed against the same baselines
+    full_len = search.full_length_rows() + add_speed(ablation_cells(search.rows("ablation")), full_base)
     return {"scan": [r for r in scan if r["ok"]], "full": [r for r in full_len if r["ok"]]}
 
 
@@ -153,16 +148,12 @@ def write_search_report(search: Search) -> dict:
     cfg, out = search.cfg, search.out
     d = {s: search.decisions(s) for s in STAGES[1:]}
     groups = panels(search)
-    full_rows = groups["full"]
-    front_full = {full_rows[i]["run_id"] for i in pareto_front([(r["train_seconds"], r["eval_loss"])
-                                                                 for r in full_rows])}
-    scan_rows = groups["scan"]
-    front_scan = {scan_rows[i]["run_id"] for i in pareto_front([(r["train_seconds"], r["eval_loss"])
-                                                                 for r in scan_rows])}
-    leader_src = d["optuna"] or d["push"] or d["full"]
-    leader = leader_src["winner"] if leader_src and leader_src.get("winner") else None
+    fronts = {panel: {rows[i]["run_id"] for i in pareto_front([(r["train_seconds"], r["eval_loss"]) for r in rows])}
+              for panel, rows in groups.items()}
+    full_rows, front_full = groups["full"], fronts["full"]
+    leader = (d["optuna"] or d["push"] or d["full"] or {}).get("winner") or None
     leader_row = next((r for r in full_rows if leader and r["run_id"] == leader["run_id"]), None)
-    base = next((r for r in full_rows if r["method"] == "standard"), None)
+    base = next(iter(standard(full_rows)), None)
     fig = plot_frontier(groups, out / FIGURE_FILE, leader["run_id"] if leader else None,
                         (cfg.scan.steps, cfg.full.steps), f"{cfg.name}: held-out loss vs training time")
 
@@ -180,12 +171,9 @@ def write_search_report(search: Search) -> dict:
     L += ["## Winner", ""]
     recommended = None
     if leader_row:
-        why = [f"lowest held-out loss of the {cfg.full.steps}-step runs ({_loss(leader_row['eval_loss'])}"]
-        if base:
-            delta = leader_row["eval_loss"] - base["eval_loss"]
-            why[0] += f"; standard LoRA {_loss(base['eval_loss'])}, {delta:+.4f})"
-        else:
-            why[0] += ")"
+        vs = (f"; standard LoRA {_loss(base['eval_loss'])}, {leader_row['eval_loss'] - base['eval_loss']:+.4f}"
+              if base else "")
+        why = [f"lowest held-out loss of the {cfg.full.steps}-step runs ({_loss(leader_row['eval_loss'])}{vs})"]
         why.append(f"trains {_speed(leader_row.get('speedup'))} as fast as standard LoRA "
                    f"({_secs(leader_row['train_seconds'])} s vs {_secs(base['train_seconds']) if base else '–'} s)")
         why.append("on the Pareto frontier" if leader_row["run_id"] in front_full
@@ -195,20 +183,20 @@ def write_search_report(search: Search) -> dict:
         recommended = {"source": "search", "arm": leader_row["arm"], "settings": leader_row["settings"],
                        "eval_loss": leader_row["eval_loss"], "speedup": leader_row.get("speedup")}
     if d["ablation"]:
-        a = d["ablation"]
-        bc = a["best_cell"]
+        bc = d["ablation"]["best_cell"]
+        seeds = len(cfg.ablation.seeds)
+        loss = f"mean loss {bc['mean_eval_loss']:.4f}"
+        recipe = _settings(bc["settings"])
         changed = {k: v for k, v in bc["settings"].items() if leader and v != leader["settings"][k]}
         if not leader:
-            L += [(f"**Ablation:** best cell over {len(cfg.ablation.seeds)} seeds: {_settings(bc['settings'])} "
-                   f"(mean loss {bc['mean_eval_loss']:.4f})."), ""]
+            L += [f"**Ablation:** best cell over {seeds} seeds: {recipe} ({loss}).", ""]
         elif changed:
-            L += [f"**After the ablation:** the best cell over {len(cfg.ablation.seeds)} seeds changes "
+            L += [f"**After the ablation:** the best cell over {seeds} seeds changes "
                   + ", ".join(f"{k} to {fmt(v)}" for k, v in changed.items())
-                  + f" (mean loss {bc['mean_eval_loss']:.4f}); recommended recipe: {_settings(bc['settings'])}.", ""]
+                  + f" ({loss}); recommended recipe: {recipe}.", ""]
         else:
-            L += [(f"**After the ablation:** the winner's cell is also the best over {len(cfg.ablation.seeds)} "
-                  f"seeds (mean loss {bc['mean_eval_loss']:.4f}); recommended recipe: {_settings(bc['settings'])}."),
-                  ""]
+            L += [f"**After the ablation:** the winner's cell is also the best over {seeds} seeds ({loss}); "
+                  f"recommended recipe: {recipe}.", ""]
         recommended = {"source": "ablation", "settings": bc["settings"], "mean_eval_loss": bc["mean_eval_loss"]}
     if not leader_row:
         L += ["No full-length run has finished yet.", ""]
@@ -226,25 +214,31 @@ def write_search_report(search: Search) -> dict:
           (f"Probed once on the training data ({search.probe.get('batches', '?')} batches, "
           f"{search.probe.get('seconds', 0):.1f} s); every arm takes its k layers from this ranking "
           f"(highest score first): {search.ranking}."), "", "![probe scores](probe_scores.png)", ""]
+
+    def stage_table(stage: str, panel: str) -> list[str]:
+        """Ranked completed aletheia runs, then the standard baseline, then failed runs."""
+        ok_rows = [r for r in groups[panel] if r["stage"] == stage]
+        ranked = rank_rows(ok_rows, cfg.tie_decimals) + standard(ok_rows)
+        ids = {r["run_id"] for r in ranked}
+        rest = [{**r, "speedup": None} for r in search.rows(stage) if r["run_id"] not in ids]
+        return _table(ranked + rest, fronts[panel]) + [""]
+
     if d["scan"]:
         L += [f"### 2. Quick scan ({cfg.scan.steps} steps)", "", d["scan"]["summary"] + ".", ""]
-        L += _table(_ranked_with_rest(scan_rows, search.rows("scan"), cfg.tie_decimals), front_scan) + [""]
+        L += stage_table("scan", "scan")
     if d["full"]:
         L += [f"### 3. Full runs ({cfg.full.steps} steps)", "", d["full"]["summary"] + ".", ""]
-        rows = [r for r in full_rows if r["stage"] == "full"]
-        L += _table(_ranked_with_rest(rows, search.rows("full"), cfg.tie_decimals), front_full) + [""]
+        L += stage_table("full", "full")
     if d["push"]:
         L += [f"### 4. Push (around `{d['push']['around']}`)", "", d["push"]["summary"] + "."]
         L += [f"- {n}" for n in d["push"].get("notes", [])] + [""]
-        rows = [r for r in full_rows if r["stage"] == "push"]
-        L += _table(_ranked_with_rest(rows, search.rows("push"), cfg.tie_decimals), front_full) + [""]
+        L += stage_table("push", "full")
     if d["optuna"]:
         L += ["### 5. Optuna", "", d["optuna"]["summary"] + "."]
         if not d["optuna"].get("skipped"):
             L += [f"- {n}" for n in d["optuna"].get("notes", [])] + [""]
-            rows = [r for r in search.rows("optuna")]
-            add_speed(rows, [r for r in search.rows("scan") + search.rows("full") if r["method"] == "standard"])
-            L += _table(rows, front_full)
+            L += _table(add_speed(search.rows("optuna"), standard(search.rows("scan") + search.rows("full"))),
+                        front_full)
         L += [""]
     if d["ablation"]:
         L += _ablation_section(d["ablation"], search, cfg.ablation.alpha)
@@ -263,20 +257,11 @@ def write_search_report(search: Search) -> dict:
     return summary
 
 
-def _ranked_with_rest(ok_rows: list[dict], all_rows: list[dict], decimals: int) -> list[dict]:
-    """Ranked completed aletheia runs, then the standard baseline, then failed runs."""
-    ranked = rank_rows(ok_rows, decimals)
-    std = [r for r in ok_rows if r["method"] == "standard"]
-    ids = {r["run_id"] for r in ranked + std}
-    rest = [{**r, "speedup": None} for r in all_rows if r["run_id"] not in ids]
-    return ranked + std + rest
-
-
 def _ablation_section(a: dict, search: Search, alpha: float) -> list[str]:
     an = a["analysis"]
     (fa, la), (fb, lb) = a["factors"].items()
     L = [f"### 6. Factorial ablation ({fa} × {fb} × {len(search.cfg.ablation.seeds)} seeds = {an['n']} runs)", "",
-         f"Factors: {a['why_factors']}.", f"Other settings as the leader: {_settings(_strip(a['base']))}.", "",
+         f"Factors: {a['why_factors']}.", f"Other settings as the leader: {_settings(a['base'])}.", "",
          "Cell means of held-out loss (mean training seconds):", ""]
     cells = [[fmt(la[i])] + [f"{an['cell_means'][i][j]:.4f} ({_secs(a['cell_seconds'][i][j])} s, "
                              f"n={an['cell_counts'][i][j]})" for j in (0, 1)] for i in (0, 1)]
@@ -294,7 +279,3 @@ def _ablation_section(a: dict, search: Search, alpha: float) -> list[str]:
     if a.get("failed"):
         L += [f"Failed runs left out: {', '.join(a['failed'])}.", ""]
     return L
-
-
-def _strip(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k != "name"}

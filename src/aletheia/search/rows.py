@@ -15,18 +15,18 @@ def log(msg: str) -> None:
     print(f"aletheia: search: {msg}", file=sys.stderr, flush=True)
 
 
+RECORD_KEYS = ("status", "reason", "eval_loss", "eval_loss_before", "train_seconds", "median_step_seconds",
+               "trainable_params", "selected_layers", "accuracy")
+"""What a row takes from its run's record, in this order."""
+
+
 def row_of(entry: dict, record: RunRecord | None) -> dict:
     """A planned run joined with its record, under the record's names (``ok``: usable loss)."""
     if record is None:
-        return {**entry, "status": "missing", "reason": None, "eval_loss": None, "eval_loss_before": None,
-                "train_seconds": None, "median_step_seconds": None, "trainable_params": None,
-                "selected_layers": None, "accuracy": None, "ok": False}
+        return {**entry, **dict.fromkeys(RECORD_KEYS), "status": "missing", "ok": False}
     ok = record.completed and finite(record.eval_loss)
-    return {**entry, "status": record.status, "reason": record.reason,
-            "eval_loss": record.eval_loss if ok else None, "eval_loss_before": record.eval_loss_before,
-            "train_seconds": record.train_seconds, "median_step_seconds": record.median_step_seconds,
-            "trainable_params": record.trainable_params, "selected_layers": record.selected_layers,
-            "accuracy": record.accuracy, "ok": bool(ok)}
+    return {**entry, **{k: getattr(record, k) for k in RECORD_KEYS},
+            "eval_loss": record.eval_loss if ok else None, "ok": bool(ok)}
 
 
 def add_speed(rows: list[dict], baselines: list[dict]) -> list[dict]:
@@ -35,8 +35,7 @@ def add_speed(rows: list[dict], baselines: list[dict]) -> list[dict]:
     by_steps = {b["steps"]: b for b in baselines if b["ok"] and b.get("train_seconds")}
     any_base = next(iter(by_steps.values()), None)
     for r in rows:
-        r["speedup"] = None
-        r["speed_basis"] = None
+        r["speedup"] = r["speed_basis"] = None
         base = by_steps.get(r["steps"])
         if base is not None and r.get("train_seconds"):
             r["speedup"] = base["train_seconds"] / r["train_seconds"]
@@ -45,6 +44,11 @@ def add_speed(rows: list[dict], baselines: list[dict]) -> list[dict]:
             r["speedup"] = any_base["median_step_seconds"] / r["median_step_seconds"]
             r["speed_basis"] = f"{any_base['run_id']} (median step time)"
     return rows
+
+
+def standard(rows: list[dict]) -> list[dict]:
+    """The standard LoRA baselines among the rows."""
+    return [r for r in rows if r["method"] == "standard"]
 
 
 def rank_rows(rows: list[dict], decimals: int) -> list[dict]:

@@ -36,21 +36,13 @@ from ..runs import RunRecord, RunStore
 from ..utils import write_json
 from .ablation import factorial_2x2
 from .config import FACTORS, STAGES, ArmSpec, SearchConfig
-from .rows import add_speed, brief, fmt, log, mean, order, rank_rows, row_of
+from .rows import add_speed, brief, fmt, log, mean, order, rank_rows, row_of, standard
 
 CONFIG_FILE = "search.yaml"
 PROBE_FILE = "probe.json"
 
 
 # --- runs ---------------------------------------------------------------------------------------
-
-def arm_entry(stage: str, arm: ArmSpec, steps: int, seed: int, ranking: list[int], run_id: str,
-              **extra: Any) -> dict:
-    """A planned run: the arm's settings, its layers (top k of the probe ranking), steps and seed."""
-    return {"run_id": run_id, "stage": stage, "arm": arm.name, "method": "aletheia",
-            "settings": arm.settings(), "layers": sorted(ranking[: arm.layers]), "steps": steps,
-            "seed": seed, **extra}
-
 
 def baseline_entry(stage: str, cfg: SearchConfig, steps: int) -> dict:
     """Standard LoRA (every layer, ``adapter.standard_rank``, the base lr) at ``steps``."""
@@ -76,31 +68,6 @@ def make_job(entry: dict, cfg: SearchConfig, out: Path) -> RunJob:
 
 def model_key(cfg: SearchConfig) -> str:
     return ModelSpec(id=cfg.model).key
-
-
-def run_entries(entries: list[dict], cfg: SearchConfig, out: Path, stage: str,
-                retry_failed: bool = False) -> list[dict]:
-    """Run the planned runs that have no record yet through the configured executor; return rows.
-
-    ``retry_failed``: also run again those whose record says they failed."""
-    store = RunStore(out)
-    jobs = [make_job(e, cfg, out) for e in entries]
-    todo = store.todo(jobs, retry_failed)
-    if todo:
-        ensure_shared_probe(cfg, out, {j.seed for j in todo})
-        done_before = len(jobs) - len(todo)
-        count = [done_before]
-
-        def on_event(kind: str, job: RunJob, record: RunRecord | None) -> None:
-            if kind == "done" and record is not None:
-                count[0] += 1
-                loss = record.eval_loss
-                log(f"{stage} {count[0]}/{len(jobs)} {job.run_id}: {record.status}, held-out loss "
-                    f"{'-' if loss is None else f'{loss:.4f}'}, train {record.train_seconds or 0:.1f}s")
-
-        log(f"{stage}: {len(todo)} run(s) to do, {done_before} already recorded")
-        store.run(get_executor(cfg.executor, out), run_one, todo, on_event)
-    return [row_of(e, store.record(e["run_id"])) for e in entries]
 
 
 # --- the probe, once ----------------------------------------------------------------------------
@@ -131,7 +98,7 @@ def ensure_shared_probe(cfg: SearchConfig, out: Path, seeds: set[int]) -> None:
     probes again (the arms' layers are explicit; the scores are kept for the record)."""
     probe = json.loads((out / PROBE_FILE).read_text())
     for seed in seeds:
-        target = out / "shared" / model_key(cfg) / f"seed-{seed}" / PROBE_FILE
+        target = RunStore(out).shared(model_key(cfg), seed) / PROBE_FILE
         if not target.is_file():
             write_json(target, {**probe, "probed_by": "search probe"})
 
@@ -154,6 +121,11 @@ class Search:
         path = self.stage_file(stage)
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def saved_plan(self, stage: str) -> list[dict]:
+        """The runs of a stage's saved plan (none before it is planned)."""
+        path = self.stage_file(stage, plan=True)
+        return json.loads(path.read_text())["runs"] if path.is_file() else []
+
     def plan(self, stage: str, make: Callable[[], list[dict]]) -> list[dict]:
         """The stage's saved plan, or a new one saved before any of its runs starts."""
         path = self.stage_file(stage, plan=True)
@@ -170,23 +142,41 @@ class Search:
 
     def entry(self, stage: str, arm: ArmSpec, steps: int, seed: int | None = None, run_id: str | None = None,
               **extra: Any) -> dict:
+        """A planned run: the arm's settings, its layers (top k of the probe ranking), steps and seed."""
         if arm.layers > self.num_layers:
             raise AletheiaError(f"arm '{arm.name}' asks for {arm.layers} layers but the model has "
                                 f"{self.num_layers}; lower its 'layers' in the search config")
-        return arm_entry(stage, arm, steps, self.cfg.seed if seed is None else seed, self.ranking,
-                         run_id or f"{stage}__{arm.name}", **extra)
+        return {"run_id": run_id or f"{stage}__{arm.name}", "stage": stage, "arm": arm.name,
+                "method": "aletheia", "settings": arm.settings(), "layers": sorted(self.ranking[: arm.layers]),
+                "steps": steps, "seed": self.cfg.seed if seed is None else seed, **extra}
 
     def run(self, entries: list[dict], stage: str) -> list[dict]:
-        """Run planned entries (those without a record) and return their rows."""
-        return run_entries(entries, self.cfg, self.out, stage, self.retry_failed)
+        """Run the planned runs that have no record yet through the configured executor; return rows.
+
+        ``retry_failed``: also run again those whose record says they failed."""
+        store = RunStore(self.out)
+        jobs = [make_job(e, self.cfg, self.out) for e in entries]
+        todo = store.todo(jobs, self.retry_failed)
+        if todo:
+            ensure_shared_probe(self.cfg, self.out, {j.seed for j in todo})
+            done = len(jobs) - len(todo)
+
+            def on_event(kind: str, job: RunJob, record: RunRecord | None) -> None:
+                nonlocal done
+                if kind == "done" and record is not None:
+                    done += 1
+                    loss = record.eval_loss
+                    log(f"{stage} {done}/{len(jobs)} {job.run_id}: {record.status}, held-out loss "
+                        f"{'-' if loss is None else f'{loss:.4f}'}, train {record.train_seconds or 0:.1f}s")
+
+            log(f"{stage}: {len(todo)} run(s) to do, {done} already recorded")
+            store.run(get_executor(self.cfg.executor, self.out), run_one, todo, on_event)
+        return [row_of(e, store.record(e["run_id"])) for e in entries]
 
     def rows(self, stage: str) -> list[dict]:
         """The rows of a stage's plan with their records (for the report)."""
-        path = self.stage_file(stage, plan=True)
-        if not path.is_file():
-            return []
         store = RunStore(self.out)
-        return [row_of(e, store.record(e["run_id"])) for e in json.loads(path.read_text())["runs"]]
+        return [row_of(e, store.record(e["run_id"])) for e in self.saved_plan(stage)]
 
     # quick scan --------------------------------------------------------------------------------
     def scan(self) -> dict:
@@ -200,8 +190,8 @@ class Search:
                 entries.append(baseline_entry("scan", cfg, cfg.scan.steps))
             return entries
 
-        rows = run_entries(self.plan("scan", make), cfg, self.out, "scan", self.retry_failed)
-        add_speed(rows, [r for r in rows if r["method"] == "standard"])
+        rows = self.run(self.plan("scan", make), "scan")
+        add_speed(rows, standard(rows))
         ranked = rank_rows(rows, cfg.tie_decimals)
         if not ranked:
             raise AletheiaError("scan: no arm completed; see the runs' error.txt and log.txt under "
@@ -225,13 +215,13 @@ class Search:
             entries = [self.entry("full", arms[name], cfg.full.steps) for name in scan["advance"]]
             return entries + [baseline_entry("full", cfg, cfg.full.steps)]
 
-        rows = run_entries(self.plan("full", make), cfg, self.out, "full", self.retry_failed)
-        add_speed(rows, [r for r in rows if r["method"] == "standard"])
+        rows = self.run(self.plan("full", make), "full")
+        add_speed(rows, standard(rows))
         ranked = rank_rows(rows, cfg.tie_decimals)
         if not ranked:
             raise AletheiaError(f"full: no candidate completed; see the runs under {self.out / 'runs'}, then rerun")
         w = ranked[0]
-        base = next((r for r in rows if r["method"] == "standard"), None)
+        base = next(iter(standard(rows)), None)
         return self.finish("full", {
             "ranking": [brief(r) for r in ranked], "winner": brief(w),
             "baseline": brief(base) if base else None,
@@ -265,25 +255,22 @@ class Search:
                 entries.append(self.entry("push", arm, cfg.full.steps, around=winner.name))
             return entries
 
-        rows = run_entries(self.plan("push", make), cfg, self.out, "push", self.retry_failed)
+        rows = self.run(self.plan("push", make), "push")
         return self.finish("push", {"around": full["winner"]["arm"], "notes": notes,
                                     **self._leader(rows, "push")})
 
     def _leader(self, new_rows: list[dict], stage: str) -> dict:
         """The best full-length run so far (full, push, optuna), with the new rows ranked."""
-        rows = self.full_length_rows()
-        ranked = rank_rows(rows, self.cfg.tie_decimals)
-        w = ranked[0]
+        w = rank_rows(self.full_length_rows(), self.cfg.tie_decimals)[0]
         new = rank_rows(new_rows, self.cfg.tie_decimals)
-        changed = w["stage"] == stage
         return {"ranking": [brief(r) for r in new], "winner": brief(w),
-                "summary": (f"{'new' if changed else 'no change:'} leader {w['arm']} "
+                "summary": (f"{'new' if w['stage'] == stage else 'no change:'} leader {w['arm']} "
                             f"(held-out loss {w['eval_loss']:.4f} at {self.cfg.full.steps} steps)")}
 
     def full_length_rows(self) -> list[dict]:
-        rows = self.rows("full") + self.rows("push") + [r for r in self.rows("optuna") if r["steps"] ==
-                                                          self.cfg.full.steps]
-        return add_speed(rows, [r for r in self.rows("full") if r["method"] == "standard"])
+        full = self.rows("full")
+        optuna = [r for r in self.rows("optuna") if r["steps"] == self.cfg.full.steps]
+        return add_speed(full + self.rows("push") + optuna, standard(full))
 
     # optuna ------------------------------------------------------------------------------------
     def optuna(self, leader: dict) -> dict:
@@ -319,25 +306,24 @@ class Search:
                                                   run_id=f"ablation__{arm.name}__seed{seed}", cell=[i, j]))
             return entries
 
-        rows = run_entries(self.plan("ablation", make), cfg, self.out, "ablation", self.retry_failed)
+        rows = self.run(self.plan("ablation", make), "ablation")
         ok = [r for r in rows if r["ok"]]
         analysis = factorial_2x2([r["eval_loss"] for r in ok], [r["cell"][0] for r in ok],
                                  [r["cell"][1] for r in ok], names=(fa, fb))
         means = analysis["cell_means"]
-        times = {(i, j): mean([r["train_seconds"] for r in ok if r["cell"] == [i, j]]) for i in (0, 1)
-                 for j in (0, 1)}
-        best = min(((i, j) for i in (0, 1) for j in (0, 1)),
-                   key=lambda c: (round(means[c[0]][c[1]], cfg.tie_decimals), times[c] or float("inf")))
-        best_arm = {**winner.settings(), fa: la[best[0]], fb: lb[best[1]]}
+        cells = [(i, j) for i in (0, 1) for j in (0, 1)]
+        times = {c: mean([r["train_seconds"] for r in ok if r["cell"] == list(c)]) for c in cells}
+        bi, bj = min(cells, key=lambda c: (round(means[c[0]][c[1]], cfg.tie_decimals), times[c] or float("inf")))
         sig = [t["term"] for t in analysis["terms"] if t["p"] < cfg.ablation.alpha]
         return self.finish("ablation", {
             "factors": {fa: la, fb: lb}, "why_factors": why, "base": winner.to_dict(), "analysis": analysis,
             "cell_seconds": [[times[(i, j)] for j in (0, 1)] for i in (0, 1)],
-            "best_cell": {"cell": list(best), "settings": best_arm, "mean_eval_loss": means[best[0]][best[1]]},
+            "best_cell": {"cell": [bi, bj], "settings": {**winner.settings(), fa: la[bi], fb: lb[bj]},
+                          "mean_eval_loss": means[bi][bj]},
             "failed": [r["run_id"] for r in rows if not r["ok"]],
             "significant": sig,
-            "summary": (f"{fa} {la} × {fb} {lb} × {len(cfg.ablation.seeds)} seeds; best cell {fa}={la[best[0]]}, "
-                        f"{fb}={lb[best[1]]} (mean loss {means[best[0]][best[1]]:.4f}); significant at "
+            "summary": (f"{fa} {la} × {fb} {lb} × {len(cfg.ablation.seeds)} seeds; best cell {fa}={la[bi]}, "
+                        f"{fb}={lb[bj]} (mean loss {means[bi][bj]:.4f}); significant at "
                         f"{cfg.ablation.alpha}: {', '.join(sig) or 'none'}"),
         })
 
@@ -345,8 +331,7 @@ class Search:
         """The configured factors, else the two whose quick-scan levels moved the mean loss most."""
         given = self.cfg.ablation.factors
         if given:
-            return ({k: list(v) for k, v in given.items()},
-                    "set in the search config (ablation.factors)")
+            return {k: list(v) for k, v in given.items()}, "set in the search config (ablation.factors)"
         rows = [r for r in self.rows("scan") if r["ok"] and r["method"] == "aletheia"]
         spread = {}
         for f in FACTORS:
@@ -357,9 +342,7 @@ class Search:
                 continue
             means = {lvl: mean(v) for lvl, v in by_level.items()}
             own = getattr(winner, f)
-            others = {lvl: m for lvl, m in means.items() if lvl != own}
-            if not others:
-                continue
+            others = {lvl: m for lvl, m in means.items() if lvl != own}  # not empty: 2+ levels
             other = min(others, key=lambda lvl: (others[lvl], str(lvl)))
             spread[f] = (max(means.values()) - min(means.values()), sorted([own, other], key=order), means)
         if len(spread) < 2:
@@ -378,15 +361,9 @@ class Search:
 # --- the whole search ---------------------------------------------------------------------------
 
 def _comparable(cfg: SearchConfig) -> dict:
-    d = cfg.to_dict()
-    for key in ("executor", "name", "description", "device", "optuna"):  # more trials may be added later
-        d.pop(key, None)
-    return d
-
-
-def init_search_dir(cfg: SearchConfig, out: Path) -> None:
-    """Save the config, or check that a resumed search uses the same one."""
-    RunStore(out).open(cfg, CONFIG_FILE, _comparable, kind="search", noun="config")
+    """What a resumed search must not change (optuna: more trials may be added later)."""
+    skip = ("executor", "name", "description", "device", "optuna")
+    return {k: v for k, v in cfg.to_dict().items() if k not in skip}
 
 
 def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = None,
@@ -403,23 +380,21 @@ def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = N
         raise AletheiaError(f"stop_after={stop_after!r} is not a stage; use one of {', '.join(STAGES)}")
     out = Path(output)
     check_writable(out)  # before the probe loads the model
-    init_search_dir(cfg, out)
+    # save the config, or check that a resumed search uses the same one
+    RunStore(out).open(cfg, CONFIG_FILE, _comparable, kind="search", noun="config")
     search = Search(cfg, out, run_probe_stage(cfg, out), retry_failed)
     for arm in cfg.scan.arms:  # fail before any training if an arm cannot fit the model
         search.entry("scan", arm, cfg.scan.steps)
     state: dict[str, Any] = {}
-    steps: list[tuple[str, Callable[[], Any]]] = [
-        ("scan", lambda: search.scan()),
-        ("full", lambda: search.full(state["scan"])),
-        ("push", lambda: search.push(state["full"])),
-        ("optuna", lambda: search.optuna(state["push"]["winner"])),
-        ("ablation", lambda: search.ablation(state["optuna"]["winner"])),
-    ]
-    if stop_after != "probe":
-        for name, fn in steps:
-            state[name] = fn()
-            if name == stop_after:
-                break
+    steps: dict[str, Callable[[], Any]] = {
+        "scan": search.scan,
+        "full": lambda: search.full(state["scan"]),
+        "push": lambda: search.push(state["full"]),
+        "optuna": lambda: search.optuna(state["push"]["winner"]),
+        "ablation": lambda: search.ablation(state["optuna"]["winner"]),
+    }
+    for name in STAGES[1 : STAGES.index(stop_after or STAGES[-1]) + 1]:  # the probe is done
+        state[name] = steps[name]()
     return write_search_report(search)
 
 
