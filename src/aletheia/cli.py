@@ -13,6 +13,7 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import inspect
@@ -211,13 +212,11 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
+    with contextlib.suppress(ImportError):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 # Failures of the machine a user can meet and fix: one line, not a traceback.
@@ -259,8 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:  # SIGINT, or SIGTERM through handle_signals
             code = 130
         except Exception as exc:  # noqa: BLE001 - an OSError, or a library's error wrapping one
-            os_exc = os_error_of(exc)
-            if os_exc is None or os_exc.errno not in USER_ERRNOS:
+            if (os_exc := os_error_of(exc)) is None or os_exc.errno not in USER_ERRNOS:
                 raise
             where = f" writing {os_exc.filename}" if os_exc.filename else ""
             _fail(f"{USER_ERRNOS[os_exc.errno]}{where}; free space or choose another --output and "

@@ -101,10 +101,8 @@ def parsers(helps: dict[str, str]) -> dict[str, ArgumentParser]:
         if name == "campaign":
             verbs[name] = p.add_subcommands(required=True, dest="verb")
     for name in ("probe", "train", "compare"):
-        _run_options(out[name], compare=name == "compare", run=name != "probe")
+        _add_config(out[name], RunConfig)
     for name in ("compare", "eval"):
-        out[name].add_argument("--eval-config", type=Path | None,
-                               help="YAML EvalConfig; flags override it.")
         _add_config(out[name], EvalConfig, "eval.")
     for name, aliases in ALIASES.items():
         out[name].usage = "%(prog)s [options]"
@@ -134,14 +132,13 @@ def _add_aliases(parser: ArgumentParser, aliases: dict, renamed: dict) -> None:
                                       ", ".join(f"{a} is {b}" for a, b in renamed.items()) or None)
     for flag, targets in aliases.items():
         typ = _field_type(targets[0])
-        help_ = "Same as " + " and ".join(f"--{t}" for t in targets) + "."
         if typ is bool:
-            group.add_argument(flag, action=ActionYesNo(no_prefix="no-"), dest=_dest(flag),
-                               default=SUPPRESS, help=help_)
+            reads = {"action": ActionYesNo(no_prefix="no-")}
         else:
             metavar = "A,B,..." if get_origin(typ) is list else targets[0].split(".")[-1].upper()
-            group.add_argument(flag, type=_Reader(typ), dest=_dest(flag), default=SUPPRESS,
-                               metavar=metavar, help=help_)
+            reads = {"type": _Reader(typ), "metavar": metavar}
+        group.add_argument(flag, dest=_dest(flag), default=SUPPRESS,
+                           help="Same as " + " and ".join(f"--{t}" for t in targets) + ".", **reads)
 
 
 def _field_type(dotted: str) -> Any:
@@ -184,23 +181,18 @@ def _dest(flag: str) -> str:
     return "alias_" + flag.lstrip("-").replace("-", "_")
 
 
-def _run_options(p: ArgumentParser, compare: bool, run: bool) -> None:
-    p.add_argument("--config", "-c", type=Path | None,
-                   help="YAML config (RunConfig); flags override it.")
-    p.add_argument("--overwrite", action="store_true", help="Replace a finished run in the folder.")
-    if run:
-        p.add_argument("--resume", action="store_true", help="Continue the unfinished run in the "
-                       "output folder from its newest checkpoint (same settings).")
-    if compare:
-        p.add_argument("--with-eval", action="store_true", help="Also benchmark base, standard "
-                       "and Aletheia (forgetting table), as --eval.* set; --eval for short.")
-    _add_config(p, RunConfig)
-
-
 def _add_options(p: dict[str, ArgumentParser]) -> None:
-    """The options of the verbs that take no config, and the few every run verb shares."""
+    """The options outside the configs: each verb's own, and the few the run verbs share."""
     path, text, switch = Path | None, str | None, {"action": "store_true"}
     for verbs, name, kwargs, help_ in [
+        ("probe|train|compare", "--config -c", {"type": path},
+         "YAML config (RunConfig); flags override it."),
+        ("probe|train|compare", "--overwrite", switch, "Replace a finished run in the folder."),
+        ("train|compare", "--resume", switch, "Continue the unfinished run in the output folder "
+         "from its newest checkpoint (same settings)."),
+        ("compare", "--with-eval", switch, "Also benchmark base, standard and Aletheia "
+         "(forgetting table), as --eval.* set; --eval for short."),
+        ("compare|eval", "--eval-config", {"type": path}, "YAML EvalConfig; flags override it."),
         ("probe|train|compare|eval|export|generate", "--device", {"type": text},
          "cpu, cuda, cuda:1 ... (null: cuda if any)."),
         ("probe|train|compare|eval|campaign run", "--quiet -q", switch, "No progress bars."),

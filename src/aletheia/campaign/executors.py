@@ -120,14 +120,9 @@ class SlurmExecutor:
         params: dict[str, Any] = {"timeout_min": cfg.timeout_min, "cpus_per_task": cfg.cpus_per_run}
         if cluster in (None, "slurm"):
             params["slurm_array_parallelism"] = cfg.array_parallelism
-            if cfg.gpus_per_run:
-                params["gpus_per_node"] = math.ceil(cfg.gpus_per_run)
-            if cfg.partition:
-                params["slurm_partition"] = cfg.partition
-            if cfg.account:
-                params["slurm_account"] = cfg.account
-            if cfg.mem_gb:
-                params["mem_gb"] = cfg.mem_gb
+            optional = {"gpus_per_node": math.ceil(cfg.gpus_per_run), "slurm_partition": cfg.partition,
+                        "slurm_account": cfg.account, "mem_gb": cfg.mem_gb}
+            params.update({key: value for key, value in optional.items() if value})  # only those given
         self.executor.update_parameters(name="aletheia", **params)
 
     def map(self, fn, jobs, on_event=None):

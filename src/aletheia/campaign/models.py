@@ -28,9 +28,7 @@ _CHARS = " abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;#?!
 def parse_random(model_id: str) -> tuple[str, int] | None:
     """``random:qwen2:6`` -> ("qwen2", 6); None for anything that is not a random model."""
     m = _RANDOM_RE.match(model_id or "")
-    if not m:
-        return None
-    return m.group(1), int(m.group(2) or RANDOM_LAYERS)
+    return (m.group(1), int(m.group(2) or RANDOM_LAYERS)) if m else None
 
 
 def char_tokenizer():
@@ -38,9 +36,7 @@ def char_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for ch in _CHARS:
-        vocab.setdefault(ch, len(vocab))
+    vocab = {token: i for i, token in enumerate(["<unk>", "<s>", "</s>", *_CHARS])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -64,8 +60,7 @@ def build_random_model(family: str, layers: int = RANDOM_LAYERS, seed: int = 0):
     except ValueError as exc:
         raise AletheiaError(f"random:{family}: transformers cannot build a '{model_type}' config ({exc})") from None
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    return model, tokenizer
+    return AutoModelForCausalLM.from_config(config), tokenizer
 
 
 def materialize_model(spec: ModelSpec, campaign_dir: str | Path) -> str:

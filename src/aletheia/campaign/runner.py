@@ -19,7 +19,7 @@ The API for tools built on the runner (e.g. a recipe search):
 - ``get_executor(cfg, campaign_dir).map(run_one, jobs, on_event) -> list[RunRecord]``
 - ``run_campaign(spec, campaign_dir) -> list[row]`` does all of it and writes ``results.csv``.
 
-Size: over 400 lines because planning, running one job with its shared probe and baseline, the
+Size: about 400 lines because planning, running one job with its shared probe and baseline, the
 benchmarks of a run, resuming and status are one life cycle over one folder layout; the record
 type and its store are in ``aletheia.runs``, the executors in ``executors.py``.
 """
@@ -110,14 +110,10 @@ def plan_jobs(spec: CampaignSpec, campaign_dir: str | Path) -> list[RunJob]:
     """One job per model × seed × recipe × budget, standard first, wall-clock matched runs last."""
     spec.validate()
     campaign_dir = str(Path(campaign_dir))
-    jobs = []
-    for m in spec.models:
-        for seed in spec.seeds:
-            for recipe in spec.recipes:
-                if m.recipes is not None and recipe.name not in m.recipes:
-                    continue
-                for budget in recipe.run_budgets():
-                    jobs.append(_job(spec, m, seed, recipe, budget, campaign_dir))
+    jobs = [_job(spec, m, seed, recipe, budget, campaign_dir)
+            for m in spec.models for seed in spec.seeds for recipe in spec.recipes
+            if m.recipes is None or recipe.name in m.recipes
+            for budget in recipe.run_budgets()]
     return sorted(jobs, key=lambda j: j.phase)  # stable: spec order within a phase
 
 
@@ -150,9 +146,8 @@ def run_one(job: RunJob) -> RunRecord:
     ``error.txt``). ``KeyboardInterrupt`` and kills leave no record, so the run is done again next
     time: from its newest checkpoint when it has one (``train.save_every``, or a SIGTERM), else anew.
     """
-    rd = job.run_dir
-    done = RunStore(job.campaign_dir).record(job.run_id)
-    if done is not None:
+    rd, store = job.run_dir, RunStore(job.campaign_dir)
+    if (done := store.record(job.run_id)) is not None:
         return done
     resumable = any((rd / ".partial" / "checkpoints").glob("step-*"))
     try:
@@ -171,17 +166,16 @@ def run_one(job: RunJob) -> RunRecord:
             try:
                 record = _execute(job, resume=resumable)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded, the campaign goes on
-                try:
+                # a full disk must not turn one failed run into a crashed campaign
+                with contextlib.suppress(OSError):
                     (rd / "error.txt").write_text(traceback.format_exc())
-                except OSError:
-                    pass  # a full disk must not turn one failed run into a crashed campaign
                 record = job.failure(_reason(exc))
     finally:
         with contextlib.suppress(OSError):  # a log that cannot be flushed to a full disk is no failure
             logfile.close()
     record = record.replace(wall_seconds=round(time.perf_counter() - start, 3))
     try:
-        RunStore(job.campaign_dir).save(job.run_id, record)  # atomic, and last: from here on the run is done
+        store.save(job.run_id, record)  # atomic, and last: from here on the run is done
     except OSError as exc:  # nothing can be recorded: stop cleanly, the run is redone on resume
         raise AletheiaError(f"cannot record run {job.run_id} ({_os_words(exc)}); free space and rerun the "
                             "same command to resume (finished runs are kept)") from None
@@ -209,8 +203,7 @@ def _execute(job: RunJob, resume: bool = False) -> RunRecord:
     from ..recipe import run_training
 
     cfg: RunConfig = RunConfig.from_dict(job.config)  # type: ignore[assignment]
-    model_path = materialize_model(ModelSpec(id=job.model_id), job.campaign_dir)
-    cfg.model = model_path
+    cfg.model = model_path = materialize_model(ModelSpec(id=job.model_id), job.campaign_dir)
     shared = RunStore(job.campaign_dir).shared(job.model, job.seed)
     notes = []
 
@@ -280,7 +273,6 @@ class _BenchmarksUnavailable(Exception):
 
 def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list[str]) -> dict:
     """Benchmark scores (percent) of the base model (once per model) and of this run's adapter."""
-    out: dict[str, Any] = {}
     try:
         from ..evaluation.suite import EvalConfig, run_suite
         from ..models import load_model_and_tokenizer
@@ -309,11 +301,10 @@ def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list
     except Exception as exc:  # noqa: BLE001 - a benchmark problem must not lose the training result
         why = str(exc) if isinstance(exc, _BenchmarksUnavailable) else _reason(exc)
         notes.append(f"benchmarks not measured: {why}")
-        return out
-    for task in (t for t in job.benchmarks if t in BENCHMARK_METRICS):
-        out[f"{task}_base"] = _score(base.get(task), BENCHMARK_METRICS[task])
-        out[f"{task}_ft"] = _score(tuned.get(task), BENCHMARK_METRICS[task])
-    return out
+        return {}
+    return {f"{task}_{side}": _score(result.get(task), BENCHMARK_METRICS[task])
+            for task in job.benchmarks if task in BENCHMARK_METRICS
+            for side, result in (("base", base), ("ft", tuned))}
 
 
 def _score(result: Any, metric: str) -> float | None:
@@ -330,10 +321,8 @@ def _now() -> str:
 
 def _comparable(spec: CampaignSpec) -> dict:
     """What must not change between a campaign's runs (where and how they execute may change)."""
-    d = spec.to_dict()
-    for key in ("output", "executor", "name", "description"):
-        d.pop(key, None)
-    return d
+    may_change = ("output", "executor", "name", "description")
+    return {k: v for k, v in spec.to_dict().items() if k not in may_change}
 
 
 def init_campaign_dir(spec: CampaignSpec, campaign_dir: Path) -> None:
@@ -417,12 +406,5 @@ def _alive(pid: Any) -> bool:
         return False
 
 
-__all__ = [
-    "RunJob",
-    "campaign_status",
-    "load_campaign",
-    "plan_jobs",
-    "run_campaign",
-    "run_id",
-    "run_one",
-]
+__all__ = ["RunJob", "campaign_status", "load_campaign", "plan_jobs", "run_campaign", "run_id",
+           "run_one"]

@@ -6,7 +6,7 @@ A campaign is data (paper §4.5): the spec names what to run; the runner expands
 once, and it round-trips through YAML. Strings are accepted as shorthand for models and recipes
 (``- aletheia`` is ``- {name: aletheia}``); ``to_dict`` always writes the full form.
 
-Size: over 400 lines because each part of a spec (model, recipe, evaluation, executor, the whole)
+Size: about 400 lines because each part of a spec (model, recipe, evaluation, executor, the whole)
 is a typed config with its fields' docstrings, which are the CLI's and the YAML's documentation, and
 each recipe kind's checks sit beside the kind.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import MAX_STEPS, AdapterConfig, DataConfig, ProbeConfig, TrainConfig
+from ..config import DTYPES, MAX_STEPS, AdapterConfig, DataConfig, ProbeConfig, TrainConfig
 from ..embedded import embedded_model
 from ..errors import AletheiaError, ConfigError
 from ..registry import Registry
@@ -30,6 +30,7 @@ MATCH_MODES = ("factor", "wallclock")
 BENCHMARKS = ("mmlu", "gsm8k", "humaneval")
 DEFAULT_BUDGET = 0.5
 DEFAULT_FACTOR = 1.25  # the paper: 250 compute-matched steps vs 200
+DEFAULT_TIME_BUDGET = 0.6
 RANDOM_PREFIX = "random:"
 _RANDOM_RE = re.compile(r"^random:([a-z0-9_]+)(?::(\d+))?$")
 
@@ -68,13 +69,11 @@ class ModelSpec(Config):
         embedded = embedded_model(self.id)
         if embedded is not None:  # its cache folder: "default" and "smollm2-135m" are one model
             return embedded.folder
-        m = _RANDOM_RE.match(self.id)
-        if m:
+        if m := _RANDOM_RE.match(self.id):
             return f"random-{m.group(1)}" + (f"-{m.group(2)}L" if m.group(2) else "")
         return Path(self.id.rstrip("/")).name.removesuffix(".gguf")
 
-    LIMITS = {"batch_size": at_least(1), "lr": positive(), "dtype": one_of(("auto", "float32", "bfloat16", "float16")),
-              "gpus": at_least(0)}
+    LIMITS = {"batch_size": at_least(1), "lr": positive(), "dtype": one_of(DTYPES), "gpus": at_least(0)}
 
     def problems(self) -> list[str]:
         p = super().problems()
@@ -181,9 +180,6 @@ def _matched_plan(r: RecipeSpec, cfg: Any, steps: int) -> str | None:
     return None
 
 
-DEFAULT_TIME_BUDGET = 0.6
-
-
 def _cost_aware_plan(r: RecipeSpec, cfg: Any, steps: int) -> None:
     """The best cost-aware setting: the most gradient signal within a step-time budget, at standard
     LoRA's parameter count (``configs/cost-aware-bf16.yaml``)."""
@@ -191,7 +187,6 @@ def _cost_aware_plan(r: RecipeSpec, cfg: Any, steps: int) -> None:
     cfg.probe.time_budget = r.time_budget if r.time_budget is not None else DEFAULT_TIME_BUDGET
     cfg.probe.time_budget_fallback = True  # a budget below a model's fastest step: its fastest set
     cfg.adapter.match_parameters = True
-    return None
 
 
 RECIPE_KINDS: Registry[RecipeKind] = Registry("recipe")
@@ -224,8 +219,7 @@ class EvalSuiteConfig(Config):
         p = super().problems()
         if len(set(self.benchmarks)) != len(self.benchmarks):
             p.append(f"benchmarks={self.benchmarks} lists a benchmark twice")
-        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
-        if unknown:
+        if unknown := [b for b in self.benchmarks if b not in BENCHMARKS]:
             p.append(f"benchmarks={self.benchmarks}: {', '.join(unknown)} unknown; use {', '.join(BENCHMARKS)}")
         if not isinstance(self.options, dict):
             p.append("options must be a mapping of EvalConfig settings")
@@ -313,25 +307,20 @@ class CampaignSpec(Config):
         p = []
         if not self.models:
             p.append("models must list at least one model")
-        for i, m in enumerate(self.models):
-            p += [f"models[{i}].{q}" for q in m.problems()]
+        p += [f"models[{i}].{q}" for i, m in enumerate(self.models) for q in m.problems()]
         keys = [m.key for m in self.models]
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        if dup:
+        if dup := sorted({k for k in keys if keys.count(k) > 1}):
             p.append(f"models: {', '.join(dup)} appear twice (give one of them a distinct 'label')")
         if not self.seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.seeds):
             p.append(f"seeds={self.seeds} must be a non-empty list of non-negative integers (paper: 42, 123, 999)")
         elif len(set(self.seeds)) != len(self.seeds):
             p.append(f"seeds={self.seeds} lists a seed twice")
-        for i, r in enumerate(self.recipes):
-            p += [f"recipes[{i}].{q}" for q in r.problems()]
+        p += [f"recipes[{i}].{q}" for i, r in enumerate(self.recipes) for q in r.problems()]
         names = [r.name for r in self.recipes]
         for i, m in enumerate(self.models):
-            if m.recipes is not None:
-                unknown = [r for r in m.recipes if r not in names]
-                if unknown or "standard" not in m.recipes:
-                    p.append(f"models[{i}].recipes={m.recipes} must include standard and only name the "
-                             f"campaign's recipes ({', '.join(names)})")
+            if m.recipes is not None and ("standard" not in m.recipes or set(m.recipes) - set(names)):
+                p.append(f"models[{i}].recipes={m.recipes} must include standard and only name the "
+                         f"campaign's recipes ({', '.join(names)})")
         if not names:
             p.append("recipes must list at least one recipe (e.g. standard, aletheia)")
         p += duplicate_names("recipes", names, " (budget_sweep takes several budgets)")
@@ -359,14 +348,10 @@ def unloadable_models(spec: CampaignSpec) -> list[str]:
     be checked without the network, and only a path-like id is surely meant as one."""
     from ..models import model_path_problem
 
-    out = []
-    for i, m in enumerate(spec.models):
-        if m.id == "" or embedded_model(m.id) is not None or m.id.startswith(RANDOM_PREFIX):
-            continue
-        problem = model_path_problem(m.id)
-        if problem:
-            out.append(f"models[{i}].id: {problem}")
-    return out
+    paths = {i: m.id for i, m in enumerate(spec.models)
+             if m.id != "" and embedded_model(m.id) is None and not m.id.startswith(RANDOM_PREFIX)}
+    return [f"models[{i}].id: {problem}" for i, path in paths.items()
+            if (problem := model_path_problem(path))]
 
 
 def load_spec(path: str | Path) -> CampaignSpec:
@@ -374,28 +359,10 @@ def load_spec(path: str | Path) -> CampaignSpec:
     missing one would otherwise fail each of its runs, one by one, after the campaign starts)."""
     if not Path(path).exists():
         raise ConfigError(f"campaign spec not found: {path} (pass a YAML file, e.g. campaigns/smoke.yaml)")
-    spec = CampaignSpec.from_yaml(path)
-    spec.validate()
-    missing = unloadable_models(spec)  # type: ignore[arg-type]
-    if missing:
+    spec = CampaignSpec.from_yaml(path).validate()
+    if missing := unloadable_models(spec):  # type: ignore[arg-type]
         raise ConfigError(f"{path}: " + "; ".join(missing))
     return spec  # type: ignore[return-value]
-
-
-__all__ = [
-    "DEFAULT_BUDGET",
-    "DEFAULT_FACTOR",
-    "RECIPES",
-    "RECIPE_KINDS",
-    "RecipeKind",
-    "CampaignSpec",
-    "EvalSuiteConfig",
-    "ExecutorConfig",
-    "ModelSpec",
-    "RecipeSpec",
-    "load_spec",
-    "unloadable_models",
-]
 
 
 SPEC_FILE = "campaign.yaml"
@@ -410,3 +377,7 @@ def load_campaign(campaign_dir: str | Path) -> CampaignSpec:
                             "start one with: aletheia campaign run SPEC --output DIR")
     spec = CampaignSpec.from_dict(load_yaml_file(saved, "campaign spec"))
     return spec.validate()  # type: ignore[return-value]
+
+
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_FACTOR", "RECIPES", "RECIPE_KINDS", "RecipeKind", "CampaignSpec",
+           "EvalSuiteConfig", "ExecutorConfig", "ModelSpec", "RecipeSpec", "load_spec", "unloadable_models"]
