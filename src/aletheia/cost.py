@@ -49,7 +49,7 @@ from .config import AdapterConfig
 from .errors import AletheiaError
 from .lm_loss import causal_lm_loss
 from .lora import aletheia_lora_config, standard_lora_config
-from .utils import atomic_write_text, mixed_precision, weights_dtype
+from .utils import atomic_write_text, cache_dir, mixed_precision, weights_dtype
 
 COST_MODEL_VERSION = 6  # 6: timed on the packed layout, tokens = positions computed
 FEATURES = ("intercept", "per_block", "per_module", "per_mparam")
@@ -189,9 +189,7 @@ def fit_coefficients(rows: list[dict[str, float]], seconds: list[float]) -> dict
         if (coef >= 0).all() or len(active) == 1:
             break
         active.pop(int(np.argmin(coef)))  # drop the most negative feature and refit
-    out = dict.fromkeys(FEATURES, 0.0)
-    out.update({k: max(0.0, float(c)) for k, c in zip(active, coef)})
-    return out
+    return dict.fromkeys(FEATURES, 0.0) | {k: max(0.0, float(c)) for k, c in zip(active, coef)}
 
 
 def fit_timed(
@@ -215,14 +213,12 @@ def hardware_name(device: torch.device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = platform.processor() or platform.machine()
         try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+            lines = Path("/proc/cpuinfo").read_text().splitlines()
         except OSError:
-            pass
+            lines = []
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                    platform.processor() or platform.machine())
         name = f"{name} x{os.cpu_count()}"
     return f"{device.type}:{name}; threads={torch.get_num_threads()}; torch={torch.__version__}"
 
@@ -245,8 +241,6 @@ def calibration_key(model: nn.Module, batches: list[dict[str, torch.Tensor]], ad
 
 
 def cost_cache_path(key: str) -> Path:
-    from .utils import cache_dir
-
     return cache_dir() / "cost" / f"{key}.json"
 
 
@@ -395,7 +389,6 @@ def calibrate(
     for pt in points:
         pt["predicted"] = result.predict_features(pt["features"])
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
         result.save(path)
     return result
 
@@ -410,7 +403,6 @@ def backward_floor(model: nn.Module, batch: dict[str, torch.Tensor]) -> int | No
     """
     blocks = get_blocks(model)
     tracked: list[bool] = [False] * len(blocks)
-    handles = []
 
     def hook(index: int):
         def fn(module, args, output):
@@ -418,8 +410,7 @@ def backward_floor(model: nn.Module, batch: dict[str, torch.Tensor]) -> int | No
             tracked[index] = bool(out.requires_grad)
         return fn
 
-    for i, block in enumerate(blocks):
-        handles.append(block.register_forward_hook(hook(i)))
+    handles = [block.register_forward_hook(hook(i)) for i, block in enumerate(blocks)]
     device = next(model.parameters()).device
     try:
         model(**{k: v.to(device) for k, v in batch.items()})

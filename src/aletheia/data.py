@@ -86,12 +86,23 @@ def _trained_turns(messages: list[dict[str, str]], train_on: str) -> list[int]:
             if m["role"] == "assistant" and (train_on == ALL_ASSISTANT or i == last)]
 
 
+def _cut(seq, spans: list[tuple[int, int]]) -> list:
+    """``seq`` (text or token ids) in pieces: each span (trained) and what lies between (not), empty
+    pieces left out."""
+    pieces, pos = [], 0
+    for a, b in spans:
+        pieces += [(seq[pos:a], False), (seq[a:b], True)]
+        pos = b
+    pieces.append((seq[pos:], False))
+    return [(piece, trained) for piece, trained in pieces if piece]
+
+
 def _template_pieces(tokenizer, example: Example, turns: list[int]) -> list[tuple[str, bool]]:
     """The rendered chat cut at the trained answers, found by rendering it prefix by prefix: the
     answer to turn i is what ``messages[:i+1]`` adds to ``messages[:i]`` plus the generation prompt."""
     msgs, last = example.messages, len(example.messages) - 1
     full = _render(tokenizer, msgs)
-    pieces, pos = [], 0
+    spans, pos = [], 0
     for i in turns:
         prompt = _render(tokenizer, msgs[:i], generation_prompt=True)
         upto = full if i == last else _render(tokenizer, msgs[:i + 1])
@@ -106,10 +117,9 @@ def _template_pieces(tokenizer, example: Example, turns: list[int]) -> list[tupl
                                     f"turn {i + 1} as written, so its tokens cannot be labelled; use "
                                     "data.train_on last_assistant or another data.chat_template")
             end = start + len(msgs[i]["content"])
-        pieces += [(full[pos:start], False), (full[start:end], True)]
+        spans.append((start, end))
         pos = end
-    pieces.append((full[pos:], False))
-    return [(text, trained) for text, trained in pieces if text]
+    return _cut(full, spans)
 
 
 def _generation_tagged(tokenizer) -> bool:
@@ -133,14 +143,7 @@ def _masked_pieces(tokenizer, example: Example, turns: list[int]) -> list[tuple[
             start = None
     if len(runs) != sum(m["role"] == "assistant" for m in example.messages):
         return None  # an empty answer, or a template that tags only some turns: render prefix by prefix
-    if len(turns) == 1:
-        runs = runs[-1:]
-    pieces, pos = [], 0
-    for a, b in runs:
-        pieces += [(ids[pos:a], False), (ids[a:b], True)]
-        pos = b
-    pieces.append((ids[pos:], False))
-    return [(piece, trained) for piece, trained in pieces if piece]
+    return _cut(ids, runs[-1:] if len(turns) == 1 else runs)
 
 
 def example_pieces(tokenizer, example: Example, train_on: str = ALL_ASSISTANT) -> list[tuple[list[int], bool]]:
@@ -150,12 +153,7 @@ def example_pieces(tokenizer, example: Example, train_on: str = ALL_ASSISTANT) -
         texts = [(prompt_text(tokenizer, example), False), (example.answer + (tokenizer.eos_token or ""), True)]
     elif not has_chat_template(tokenizer):
         full, spans = _plain_chat(tokenizer, example.messages)
-        spans = [spans[-1]] if len(turns) == 1 else spans
-        texts, pos = [], 0
-        for a, b in spans:
-            texts += [(full[pos:a], False), (full[a:b], True)]
-            pos = b
-        texts = [(text, trained) for text, trained in texts if text]
+        texts = _cut(full, [spans[-1]] if len(turns) == 1 else spans)
     else:
         masked = _masked_pieces(tokenizer, example, turns) if _generation_tagged(tokenizer) else None
         if masked is not None:
@@ -174,12 +172,10 @@ def _fit(pieces: list[tuple[list[int], bool]], max_length: int) -> dict[str, lis
     if len(ids) <= max_length:
         return {"input_ids": ids, "labels": labels}
     trained = [k for k, (_, is_trained) in enumerate(pieces) if is_trained]
-    if not trained:  # an empty answer: nothing to learn, dropped by tokenize_examples
+    # no answer (an empty one: nothing to learn, dropped by tokenize_examples), or several and a
+    # label within max_length: keep the start
+    if not trained or (len(trained) > 1 and any(label != IGNORE_INDEX for label in labels[1:max_length])):
         return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
-    if len(trained) > 1:
-        if any(label != IGNORE_INDEX for label in labels[1:max_length]):
-            return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
-        trained = trained[:1]
     k = trained[0]
     p_ids, r_ids = [t for piece, _ in pieces[:k] for t in piece], pieces[k][0]
     if len(p_ids) + len(r_ids) > max_length:  # keep some answer; cut the prompt from the left

@@ -87,10 +87,8 @@ def is_saved_dataset(path: Path) -> bool:
 def data_files(folder: Path, split: str) -> list[Path]:
     """The folder's data files of ``split``, found as ``load_dataset`` finds them (``train.jsonl``,
     ``data/train-00000-of-00002.parquet``, ``test/*.csv``; files named after no split are train)."""
-    if not any(f.suffix.lower() in DATA_SUFFIXES and f.is_file() for f in folder.rglob("*")):
-        found: dict = {}  # said before datasets is imported (seconds)
-    else:
-        found = _split_files(folder)
+    has_data = any(f.suffix.lower() in DATA_SUFFIXES and f.is_file() for f in folder.rglob("*"))
+    found = _split_files(folder) if has_data else {}  # none: said before datasets is imported (seconds)
     if not found:
         raise AletheiaError(f"{folder} is a folder with no data files ({', '.join(DATA_SUFFIXES)}) and no "
                             "dataset saved with save_to_disk; pass a data file or such a folder to --data")

@@ -183,13 +183,9 @@ def _source_rows(path: str | Path, split: str, subset: str | None) -> tuple[list
             return sources.saved_dataset(p, split)
         if subset is not None or _declares_configs(p):  # a dataset repository: its README says how to load it
             return sources.hub_dataset(str(p), subset, split)
-        files = sources.data_files(p, split)
-        found, parts = [], []
-        for f in files:
-            cols, rows = _file_rows(f)
-            found += [c for c in cols if c not in found]
-            parts.append(rows)
-        return found, (pair for rows in parts for pair in rows)
+        parts = [_file_rows(f) for f in sources.data_files(p, split)]
+        found = list(dict.fromkeys(c for cols, _ in parts for c in cols))
+        return found, (pair for _, rows in parts for pair in rows)
     if not stat.S_ISREG(mode):
         kind = ("a FIFO" if stat.S_ISFIFO(mode)
                 else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
@@ -217,10 +213,7 @@ def _file_rows(p: Path) -> tuple[list[str], Iterator]:
     if p.suffix.lower() in TABLE_SUFFIXES:
         return table_file(p)
     rows = _json_rows(p)
-    found: list[str] = []
-    for _, row in rows:
-        if isinstance(row, dict):
-            found += [k for k in row if k not in found]
+    found = list(dict.fromkeys(k for _, row in rows if isinstance(row, dict) for k in row))
     return found, iter(rows)
 
 
@@ -231,8 +224,7 @@ def _json_rows(p: Path) -> list[tuple[str, Any]]:
     except OSError as exc:
         raise AletheiaError(f"cannot read data file {p} ({exc.strerror or exc})") from None
     rows: list[tuple[str, Any]] = []
-    stripped = text.lstrip()
-    if p.suffix == ".json" or stripped.startswith("["):
+    if p.suffix == ".json" or text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

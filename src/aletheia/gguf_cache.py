@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import AletheiaError
-from .utils import atomic_write_text, cache_dir, read_json
+from .utils import cache_dir, package_versions, read_json, write_json
 
 GGUF_MAGIC = b"GGUF"
 
@@ -116,6 +115,7 @@ def save_converted(gguf: Path, staged: Path) -> None:
 
 
 GGUF_SOURCE_FILE = "aletheia-gguf.json"  # in each checkpoint converted from a user's GGUF file
+CONVERTERS = ("transformers", "gguf", "torch")  # whose versions a converted checkpoint records
 
 
 def _file_sha256(path: Path) -> str:
@@ -127,11 +127,6 @@ def _file_sha256(path: Path) -> str:
     except OSError as exc:
         raise AletheiaError(f"cannot read model file {path} ({exc.strerror})") from None
     return digest.hexdigest()
-
-
-def _gguf_stamp(path: Path) -> dict:
-    st = os.stat(path)
-    return {"gguf": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _read_gguf_source(folder: Path) -> dict:
@@ -196,7 +191,8 @@ def convert_gguf(path: str | Path) -> Path:
     if problem:
         raise AletheiaError(problem)
     root = cache_dir() / "models" / "gguf"
-    stamp = _gguf_stamp(path)
+    st = os.stat(path)
+    stamp = {"gguf": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     found = _converted_for(root, stamp)
     if found is not None:
         return found
@@ -224,8 +220,5 @@ def convert_gguf(path: str | Path) -> Path:
 
 def _write_gguf_source(folder: Path, sha: str, files: list[dict]) -> None:
     """Record the GGUF's hash and every file (path, size, mtime) known to hold exactly those bytes."""
-    from importlib.metadata import version
-
-    record = {"gguf_sha256": sha, "files": files,
-              "converted_with": {p: version(p) for p in ("transformers", "gguf", "torch")}}
-    atomic_write_text(folder / GGUF_SOURCE_FILE, json.dumps(record, indent=2) + "\n")
+    write_json(folder / GGUF_SOURCE_FILE,
+               {"gguf_sha256": sha, "files": files, "converted_with": package_versions(CONVERTERS)})
