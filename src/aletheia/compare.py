@@ -104,14 +104,13 @@ def _compare_into(out: Path, cfg: RunConfig, progress: bool, device: str | None,
     ale = _train_or_reuse(cfg.replace(method="aletheia", output=str(out / "aletheia")), selection, progress,
                           device, baseline, resume)
 
-    speedup = std.train_seconds / ale.train_seconds if ale.train_seconds else None
     comparison = {
         "model": std.model, "model_path": std.model_path, "seed": cfg.seed, "steps": std.steps,
         "selected_layers": selection.layers, "num_layers": selection.num_layers,
-        "probe_seconds": selection.seconds, "speedup": speedup,
-        "standard": std.to_dict(), "aletheia": ale.to_dict(),
+        "probe_seconds": selection.seconds,
+        "speedup": std.train_seconds / ale.train_seconds if ale.train_seconds else None,
+        "standard": std.to_dict(), "aletheia": ale.to_dict(), "table": comparison_table(std, ale),
     }
-    comparison["table"] = comparison_table(std, ale)
     md = (f"# Aletheia vs standard LoRA\n\nModel `{std.model_path}`, seed {cfg.seed}, "
           f"{std.steps} steps each, probe {selection.seconds:.1f}s, selected layers "
           f"{selection.layers} of {selection.num_layers}.\n\n"
@@ -128,8 +127,7 @@ def _compare_into(out: Path, cfg: RunConfig, progress: bool, device: str | None,
         from .evaluation.run import evaluate_compare
 
         ev = evaluate_compare(cfg, out, eval_cfg, progress, device, final=Path(cfg.output))
-        comparison["forgetting"] = ev["forgetting"]
-        comparison["forgetting_table"] = ev["table"]
+        comparison.update(forgetting=ev["forgetting"], forgetting_table=ev["table"])
         md += "\n## Forgetting (benchmarks, base vs fine-tuned)\n\n" + ev["markdown"] + "\n"
     write_json(out / "comparison.json", {k: v for k, v in comparison.items()
                                           if k not in ("table", "forgetting_table")})

@@ -72,14 +72,11 @@ class DataConfig(Config):
               "train_on": one_of(("all_assistant", "last_assistant"))}
 
     def problems(self) -> list[str]:
-        return super().problems() + self._source_problems()
-
-    def _source_problems(self) -> list[str]:
         from .chat_templates import resolve_chat_template  # lazy, as the selectors below
         from .data_sources import ROW_FIELDS
         from .errors import AletheiaError
 
-        p, example = [], "e.g. {instruction: question, output: answer}"
+        p, example = super().problems(), "e.g. {instruction: question, output: answer}"
         if self.columns is not None:
             if not isinstance(self.columns, dict) or not self.columns:
                 p.append(f"columns={self.columns!r} must map fields to column names, {example}")

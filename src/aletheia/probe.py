@@ -76,10 +76,7 @@ class ProbeResult:
         return ranking(self.scores)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["normalized_scores"] = self.normalized
-        d["ranking"] = self.ranking
-        return d
+        return {**asdict(self), "normalized_scores": self.normalized, "ranking": self.ranking}
 
 
 def _activation_scored(block: nn.Module) -> list[nn.Module]:

@@ -128,8 +128,7 @@ def probe_and_select(cfg: RunConfig, ws: Workspace, progress: bool = True) -> Se
     set_seed(cfg.seed)
     ctx = SelectionContext(ws.model, batches, cfg.probe, cfg.seed, progress, adapter=cfg.adapter)
     selection = select_layers(ctx)
-    n = selection.num_layers
-    log(f"selected {len(selection.layers)}/{n} layers {selection.layers} "
+    log(f"selected {len(selection.layers)}/{selection.num_layers} layers {selection.layers} "
         f"({selection.signal_kept:.0%} of the score) in {selection.seconds:.1f}s")
     return selection
 
@@ -140,8 +139,7 @@ def evaluate(cfg: RunConfig, ws: Workspace, model, progress: bool = True) -> dic
     if cfg.eval_accuracy_examples and cfg.data.path is None:
         acc = exact_match_accuracy(model, ws.tokenizer, ws.eval_examples[: cfg.eval_accuracy_examples],
                                    progress=progress)
-        out["accuracy"] = acc["accuracy"]
-        out["accuracy_samples"] = acc["samples"]
+        out.update(accuracy=acc["accuracy"], accuracy_samples=acc["samples"])
     return out
 
 
@@ -197,9 +195,7 @@ def resume_point(out: Path, cfg: RunConfig) -> Path:
 
     saved = out / "config.yaml"
     if saved.is_file():
-        old = RunConfig.from_yaml(saved).to_dict()
-        new = cfg.to_dict()
-        differ = _differences(old, new, ignore={"output"})
+        differ = _differences(RunConfig.from_yaml(saved).to_dict(), cfg.to_dict(), {"output"})
         if differ:
             raise AletheiaError(f"--resume: the checkpoint in {out} was made with other settings ("
                                 + "; ".join(differ[:5]) + "); resume with the same settings, or "
@@ -214,9 +210,7 @@ def resume_point(out: Path, cfg: RunConfig) -> Path:
 
 def _differences(old: dict, new: dict, ignore: set[str], prefix: str = "") -> list[str]:
     out = []
-    for key in sorted(set(old) | set(new)):
-        if key in ignore:
-            continue
+    for key in sorted((set(old) | set(new)) - ignore):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, set(), f"{prefix}{key}.")

@@ -37,10 +37,7 @@ class Registry(MutableMapping[str, T]):
     def register(self, name: str, entry: T = _MISSING) -> Any:
         """Add ``entry`` under ``name`` and return it; without ``entry``, a decorator that does."""
         if entry is _MISSING:
-            def decorator(obj: T) -> T:
-                self._entries[name] = obj
-                return obj
-            return decorator
+            return lambda obj: self.register(name, obj)
         self._entries[name] = entry
         return entry
 

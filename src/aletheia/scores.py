@@ -26,9 +26,7 @@ def ranking(scores: Sequence[float]) -> list[int]:
 def shares(scores: Sequence[float]) -> list[float]:
     """Each layer's share of the total score (sums to 1); 1/L each if the total is not positive."""
     total = sum(scores)
-    if total > 0:
-        return [s / total for s in scores]
-    return [1.0 / len(scores) for _ in scores]
+    return [s / total for s in scores] if total > 0 else [1.0 / len(scores) for _ in scores]
 
 
 def k_for_fraction(num_layers: int, fraction: float) -> int:

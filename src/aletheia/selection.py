@@ -44,6 +44,11 @@ class SelectionContext:
     adapter: AdapterConfig | None = None
     """The adapters that will be trained (the cost-aware selector predicts their step time)."""
 
+    def probe(self) -> ProbeResult:
+        """The gradient probe of ``model`` on ``batches``, in the configured mode."""
+        cfg = self.config
+        return run_probe(self.model, self.batches, cfg.mode, cfg.chunk_size, self.progress)
+
 
 @dataclass
 class Selection:
@@ -108,7 +113,7 @@ register_selector = SELECTORS.register
 def gradient_norm(ctx: SelectionContext) -> Selection:
     """The paper's selector: sum of per-batch gradient L2 norms, top fraction of layers."""
     cfg = ctx.config
-    result = run_probe(ctx.model, ctx.batches, cfg.mode, cfg.chunk_size, ctx.progress)
+    result = ctx.probe()
     return Selection("gradient-norm", result.scores, top_fraction(result.scores, cfg.fraction),
                      cfg.fraction, result.seconds, probe=result)
 
@@ -116,9 +121,8 @@ def gradient_norm(ctx: SelectionContext) -> Selection:
 def select_layers(ctx: SelectionContext) -> Selection:
     """Run the configured selector; an explicit ``layers`` list in the config overrides its choice."""
     cfg = ctx.config
-    selector = SELECTORS.get(cfg.selector)
     start = time.perf_counter()
-    selection = selector(ctx)
+    selection = SELECTORS.get(cfg.selector)(ctx)
     selection.seconds = time.perf_counter() - start
     if cfg.layers is not None:
         bad = [i for i in cfg.layers if i >= selection.num_layers]

@@ -28,20 +28,14 @@ from torch import nn
 from .architectures import get_blocks
 from .config import AdapterConfig
 from .errors import AletheiaError
-from .probe import run_probe
 from .scores import k_for_fraction, ranking, shares, top_fraction
 from .selection import Selection, SelectionContext, register_selector
-
-
-def _probe(ctx: SelectionContext):
-    cfg = ctx.config
-    return run_probe(ctx.model, ctx.batches, cfg.mode, cfg.chunk_size, ctx.progress)
 
 
 @register_selector("gradient-norm-per-param")
 def gradient_norm_per_param(ctx: SelectionContext) -> Selection:
     """Gradient norm / √(parameters of the block): the RMS gradient of a parameter in the block."""
-    result = _probe(ctx)
+    result = ctx.probe()
     sizes = [sum(p.numel() for p in block.parameters() if p.is_floating_point())
              for block in get_blocks(ctx.model)]
     scores = [s / math.sqrt(n) if n else 0.0 for s, n in zip(result.scores, sizes)]
@@ -53,9 +47,8 @@ def gradient_norm_per_param(ctx: SelectionContext) -> Selection:
 @register_selector("random")
 def random_layers(ctx: SelectionContext) -> Selection:
     """``k`` layers drawn uniformly with the run's seed; the scores are the random draws themselves."""
-    n = len(get_blocks(ctx.model))
     rng = random.Random(ctx.seed)
-    scores = [rng.random() for _ in range(n)]
+    scores = [rng.random() for _ in get_blocks(ctx.model)]
     return Selection("random", scores, top_fraction(scores, ctx.config.fraction), ctx.config.fraction, 0.0,
                      details={"random_seed": ctx.seed})
 
@@ -100,9 +93,7 @@ def matrix_snr(weight: torch.Tensor) -> float:
     σ²(1+√β)². σ² is estimated from the median eigenvalue (robust to the few large signal ones);
     singular values above the bulk edge are signal, the rest noise; SNR = Σ signal / Σ noise.
     """
-    w = weight.detach().float()
-    if w.dim() != 2:
-        w = w.reshape(w.shape[0], -1)
+    w = weight.detach().float().reshape(weight.shape[0], -1)  # a no-op for a 2-D weight
     m, n = sorted(w.shape)
     beta = m / n
     sv = torch.linalg.svdvals(w).double()
@@ -146,8 +137,7 @@ def candidate_sets(scores: list[float]) -> list[list[int]]:
     out = []
     for m in range(n):
         above = [i for i in order if i > m]  # still best first, ties to the lower index
-        for j in range(n - m):
-            out.append(sorted([m] + above[:j]))
+        out += [sorted([m] + above[:j]) for j in range(n - m)]
     return out
 
 
@@ -178,8 +168,7 @@ def choose_cost_aware(
     topk = top_fraction(scores, fraction)
     topk_time = step_time(topk)
     if time_budget is not None:
-        limit = time_budget * standard_time
-        feasible = [c for c in cands if c[2] <= limit]
+        feasible = [c for c in cands if c[2] <= time_budget * standard_time]
         fastest = min(t for _, _, t in cands) / standard_time
         if not feasible and fallback:
             feasible = [c for c in cands if c[2] <= fastest * standard_time * (1 + 1e-9)]
@@ -217,7 +206,7 @@ def cost_aware(ctx: SelectionContext) -> Selection:
 
     cfg = ctx.config
     adapter = getattr(ctx, "adapter", None) or AdapterConfig()
-    result = _probe(ctx)
+    result = ctx.probe()
     model = calibrate(ctx.model, ctx.batches, adapter, rounds=cfg.calibration_rounds, progress=ctx.progress)
     layers, info = choose_cost_aware(  # each candidate set is timed with the ranks it would train with
         result.scores, lambda s: model.predict(s, model.matched(s, adapter)), model.predict_standard(adapter),

@@ -132,10 +132,8 @@ class Config:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, names, n=1)
-                hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            close = {key: difflib.get_close_matches(key, names, n=1) for key in unknown}
+            hints = [f"'{k}'" + (f" (did you mean '{c[0]}'?)" if c else "") for k, c in close.items()]
             raise ConfigError(
                 f"unknown key(s) in {cls.__name__}: {', '.join(hints)}; "
                 f"known keys: {', '.join(sorted(names))}"

@@ -9,7 +9,6 @@ folders written by earlier versions still load.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -138,8 +137,3 @@ def read_record(path: str | Path) -> RunRecord | None:
 def write_record(path: str | Path, record: RunRecord) -> None:
     """Atomically; a non-finite number is written as null (``write_json`` lists it)."""
     write_json(path, record.to_dict())
-
-
-def finite(x: Any) -> bool:
-    """A real number that is neither NaN nor infinite (bools are not numbers here)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

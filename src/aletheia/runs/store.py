@@ -40,7 +40,6 @@ class RunStore:
             if comparable(old) != comparable(spec):
                 raise AletheiaError(f"{self.root} holds a {kind} with a different {noun} ({saved}); resume it "
                                     f"with the same {noun}, or pass --output with a new folder")
-        self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, spec.to_yaml())
 
     # -- records ----------------------------------------------------------------------------------
@@ -75,7 +74,6 @@ class RunStore:
         records = executor.map(fn, jobs, on_event) if jobs else []
         for job, record in zip(jobs, records):
             if self.record(job.run_id) is None:
-                self.run_dir(job.run_id).mkdir(parents=True, exist_ok=True)
                 self.save(job.run_id, record)
         return records
 
