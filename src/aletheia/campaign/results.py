@@ -110,7 +110,9 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def _cell(v):
-    return "" if v is None else f"{v:.6g}" if isinstance(v, float) else v
+    if v is None:
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else v
 
 
 def write_results_csv(campaign_dir: str | Path) -> list[dict]:
