@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import save_tiny_model
 
+from aletheia.architectures import supported_table
 from aletheia.bootstrap import generate_bootstrap
 from aletheia.lora import found_adapters
 
@@ -61,3 +62,8 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
             answer = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
             assert row["labels"][0] == -100 and namespace["tok"].decode(answer) == row["completion"]
     assert {"peft_model", "trainer", "sft"} <= set(namespace)
+
+
+def test_the_readmes_table_of_families_is_the_registry():
+    """The supported-families table is made by ``supported_table``: a family registered without it is caught."""
+    assert supported_table() in README.read_text()
