@@ -42,10 +42,8 @@ def _is_adapter(path: Path) -> bool:
 def check_adapter(folder: Path) -> Path:
     """Refuse an adapter folder whose files cannot load (broken config, missing, garbage or unsafe
     weights) with one line, before the base model is loaded."""
-    import json as _json
-
     try:
-        config = _json.loads((folder / "adapter_config.json").read_text())
+        config = json.loads((folder / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:
         raise AletheiaError(f"{folder / 'adapter_config.json'} is not a readable JSON file "
                             f"({exc}); pass an adapter folder written by aletheia train") from None
@@ -201,16 +199,14 @@ def run_eval(
         "versions": package_versions(VERSION_PACKAGES), "git_revision": git_revision(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    names = list(ev["results"])
     if adapters:
-        report = forgetting_report(ev["results"])
-        out["forgetting"] = report
+        out["forgetting"] = forgetting_report(ev["results"])
     write_json(output, out)
-    for name in names:
-        print(summary_line(name, ev["results"][name]))
+    for name, res in ev["results"].items():
+        print(summary_line(name, res))
     if adapters:
         print()
-        print(forgetting_table(out["forgetting"], names))
+        print(forgetting_table(out["forgetting"], list(ev["results"])))
     print(f"wrote {output}")
     return out
 
