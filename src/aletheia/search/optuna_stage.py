@@ -71,14 +71,13 @@ def run_optuna_trials(search: Search) -> tuple[list[dict], dict]:
                                                   value=r["eval_loss"], intermediate_values=inter))
         warm.append(r["arm"])
 
-    plan_file = search.stage_file("optuna", plan=True)
     entries = search.saved_plan("optuna")
 
     def run(entry: dict) -> dict:
         """Add the run to the saved plan (once) before it starts, then run it."""
         if all(e["run_id"] != entry["run_id"] for e in entries):
             entries.append(entry)
-            write_json(plan_file, {"stage": "optuna", "runs": entries})
+            write_json(search.stage_file("optuna", plan=True), {"stage": "optuna", "runs": entries})
         return search.run([entry], "optuna")[0]
 
     full_rows, trials = [], []

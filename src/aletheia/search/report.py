@@ -9,10 +9,10 @@ most as slow.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..stats import mean_sd
 from ..tables import markdown_table
 from ..utils import atomic_write_text, write_json
 from .config import STAGES
@@ -43,16 +43,10 @@ def ablation_cells(rows: list[dict]) -> list[dict]:
         if r["ok"]:
             cells.setdefault(tuple(r["cell"]), []).append(r)
     return [{**rs[0], "run_id": f"ablation__{rs[0]['arm']}", "seed": [r["seed"] for r in rs],
-             "eval_loss": mean([r["eval_loss"] for r in rs]), "eval_loss_sd": _sd([r["eval_loss"] for r in rs]),
+             "eval_loss": mean([r["eval_loss"] for r in rs]),
+             "eval_loss_sd": mean_sd([r["eval_loss"] for r in rs])[1] if len(rs) > 1 else None,
              "train_seconds": mean([r["train_seconds"] for r in rs]), "n": len(rs), "ok": True}
             for _, rs in sorted(cells.items())]
-
-
-def _sd(values: list[float]) -> float | None:
-    if len(values) < 2:
-        return None
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def panels(search: Search) -> dict[str, list[dict]]:
@@ -67,10 +61,7 @@ def panels(search: Search) -> dict[str, list[dict]]:
 
 def plot_frontier(groups: dict[str, list[dict]], path: Path, winner: str | None, steps: tuple[int, int],
                   title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.4), dpi=130)
     names = {"scan": f"quick scan ({steps[0]} steps)", "full": f"full length ({steps[1]} steps)"}
@@ -173,11 +164,11 @@ def write_search_report(search: Search) -> dict:
     if leader_row:
         vs = (f"; standard LoRA {_loss(base['eval_loss'])}, {leader_row['eval_loss'] - base['eval_loss']:+.4f}"
               if base else "")
-        why = [f"lowest held-out loss of the {cfg.full.steps}-step runs ({_loss(leader_row['eval_loss'])}{vs})"]
-        why.append(f"trains {_speed(leader_row.get('speedup'))} as fast as standard LoRA "
-                   f"({_secs(leader_row['train_seconds'])} s vs {_secs(base['train_seconds']) if base else '–'} s)")
-        why.append("on the Pareto frontier" if leader_row["run_id"] in front_full
-                   else "not on the Pareto frontier (a faster run is at least as good)")
+        why = [f"lowest held-out loss of the {cfg.full.steps}-step runs ({_loss(leader_row['eval_loss'])}{vs})",
+               f"trains {_speed(leader_row.get('speedup'))} as fast as standard LoRA "
+               f"({_secs(leader_row['train_seconds'])} s vs {_secs(base['train_seconds']) if base else '–'} s)",
+               "on the Pareto frontier" if leader_row["run_id"] in front_full
+               else "not on the Pareto frontier (a faster run is at least as good)"]
         L += [f"**Search winner: `{leader_row['arm']}`** ({_settings(leader_row['settings'])}, from the "
               f"{leader_row['stage']} stage): " + "; ".join(why) + ".", ""]
         recommended = {"source": "search", "arm": leader_row["arm"], "settings": leader_row["settings"],
@@ -224,15 +215,14 @@ def write_search_report(search: Search) -> dict:
         return _table(ranked + rest, fronts[panel]) + [""]
 
     if d["scan"]:
-        L += [f"### 2. Quick scan ({cfg.scan.steps} steps)", "", d["scan"]["summary"] + ".", ""]
-        L += stage_table("scan", "scan")
+        L += [f"### 2. Quick scan ({cfg.scan.steps} steps)", "", d["scan"]["summary"] + ".", "",
+              *stage_table("scan", "scan")]
     if d["full"]:
-        L += [f"### 3. Full runs ({cfg.full.steps} steps)", "", d["full"]["summary"] + ".", ""]
-        L += stage_table("full", "full")
+        L += [f"### 3. Full runs ({cfg.full.steps} steps)", "", d["full"]["summary"] + ".", "",
+              *stage_table("full", "full")]
     if d["push"]:
-        L += [f"### 4. Push (around `{d['push']['around']}`)", "", d["push"]["summary"] + "."]
-        L += [f"- {n}" for n in d["push"].get("notes", [])] + [""]
-        L += stage_table("push", "full")
+        L += [f"### 4. Push (around `{d['push']['around']}`)", "", d["push"]["summary"] + ".",
+              *[f"- {n}" for n in d["push"].get("notes", [])], "", *stage_table("push", "full")]
     if d["optuna"]:
         L += ["### 5. Optuna", "", d["optuna"]["summary"] + "."]
         if not d["optuna"].get("skipped"):

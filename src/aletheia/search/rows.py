@@ -35,14 +35,12 @@ def add_speed(rows: list[dict], baselines: list[dict]) -> list[dict]:
     by_steps = {b["steps"]: b for b in baselines if b["ok"] and b.get("train_seconds")}
     any_base = next(iter(by_steps.values()), None)
     for r in rows:
-        r["speedup"] = r["speed_basis"] = None
+        r["speedup"] = None
         base = by_steps.get(r["steps"])
         if base is not None and r.get("train_seconds"):
             r["speedup"] = base["train_seconds"] / r["train_seconds"]
-            r["speed_basis"] = base["run_id"]
         elif any_base is not None and r.get("median_step_seconds") and any_base.get("median_step_seconds"):
             r["speedup"] = any_base["median_step_seconds"] / r["median_step_seconds"]
-            r["speed_basis"] = f"{any_base['run_id']} (median step time)"
     return rows
 
 

@@ -11,10 +11,6 @@ Resuming. The probe is saved once (``probe.json``). Each stage writes its plan
 all its runs have records; a stage with decisions is done. Rerunning the same command after a stop
 skips done stages, reuses a started stage's plan and skips its finished runs (their records are
 never rewritten); a run that was cut off is cleared and started again.
-
-Size: over 400 lines because the stages' decisions (which arms advance, which variations push,
-which two factors the ablation crosses) are the search itself and read each other's results; the
-runs go through the campaign's job store and executors, not through code here.
 """
 
 from __future__ import annotations
@@ -36,6 +32,7 @@ from ..runs import RunRecord, RunStore
 from ..utils import write_json
 from .ablation import factorial_2x2
 from .config import FACTORS, STAGES, ArmSpec, SearchConfig
+from .report import write_search_report
 from .rows import add_speed, brief, fmt, log, mean, order, rank_rows, row_of, standard
 
 CONFIG_FILE = "search.yaml"
@@ -61,13 +58,9 @@ def make_job(entry: dict, cfg: SearchConfig, out: Path) -> RunJob:
         rc.adapter.modules, rc.train.lr = s["modules"], s["lr"]
         rc.adapter.attention_rank, rc.adapter.mlp_rank = s["attention_rank"], s["mlp_rank"]
     rc.validate()
-    return RunJob(run_id=entry["run_id"], campaign_dir=str(out), model=model_key(cfg), model_id=cfg.model,
+    return RunJob(run_id=entry["run_id"], campaign_dir=str(out), model=ModelSpec(id=cfg.model).key, model_id=cfg.model,
                   seed=entry["seed"], recipe=entry["arm"], budget=None, config=rc.to_dict(),
                   device=cfg.device, gpus=cfg.executor.gpus_per_run, reuse_probe=True)
-
-
-def model_key(cfg: SearchConfig) -> str:
-    return ModelSpec(id=cfg.model).key
 
 
 # --- the probe, once ----------------------------------------------------------------------------
@@ -91,16 +84,6 @@ def run_probe_stage(cfg: SearchConfig, out: Path) -> dict:
     del ws
     gc.collect()
     return json.loads(path.read_text())
-
-
-def ensure_shared_probe(cfg: SearchConfig, out: Path, seeds: set[int]) -> None:
-    """Put the search's probe where ``run_one`` looks for a shared one, for every seed, so no run
-    probes again (the arms' layers are explicit; the scores are kept for the record)."""
-    probe = json.loads((out / PROBE_FILE).read_text())
-    for seed in seeds:
-        target = RunStore(out).shared(model_key(cfg), seed) / PROBE_FILE
-        if not target.is_file():
-            write_json(target, {**probe, "probed_by": "search probe"})
 
 
 # --- stages -------------------------------------------------------------------------------------
@@ -129,11 +112,9 @@ class Search:
     def plan(self, stage: str, make: Callable[[], list[dict]]) -> list[dict]:
         """The stage's saved plan, or a new one saved before any of its runs starts."""
         path = self.stage_file(stage, plan=True)
-        if path.is_file():
-            return json.loads(path.read_text())["runs"]
-        entries = make()
-        write_json(path, {"stage": stage, "runs": entries})
-        return entries
+        if not path.is_file():
+            write_json(path, {"stage": stage, "runs": make()})
+        return self.saved_plan(stage)
 
     def finish(self, stage: str, decisions: dict) -> dict:
         write_json(self.stage_file(stage), {"stage": stage, **decisions})
@@ -158,7 +139,12 @@ class Search:
         jobs = [make_job(e, self.cfg, self.out) for e in entries]
         todo = store.todo(jobs, self.retry_failed)
         if todo:
-            ensure_shared_probe(self.cfg, self.out, {j.seed for j in todo})
+            # the search's probe goes where run_one looks for a shared one, for every seed, so no run
+            # probes again (the arms' layers are explicit; the scores are kept for the record)
+            for seed in {j.seed for j in todo}:
+                target = store.shared(ModelSpec(id=self.cfg.model).key, seed) / PROBE_FILE
+                if not target.is_file():
+                    write_json(target, {**self.probe, "probed_by": "search probe"})
             done = len(jobs) - len(todo)
 
             def on_event(kind: str, job: RunJob, record: RunRecord | None) -> None:
@@ -373,8 +359,6 @@ def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = N
     ``stop_after``: end after this stage (the report covers the stages done so far).
     ``retry_failed``: run failed runs of unfinished stages again (finished stages keep their decisions).
     """
-    from .report import write_search_report
-
     cfg.validate()
     if stop_after is not None and stop_after not in STAGES:
         raise AletheiaError(f"stop_after={stop_after!r} is not a stage; use one of {', '.join(STAGES)}")
