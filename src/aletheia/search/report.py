@@ -197,8 +197,7 @@ def write_search_report(search: Search) -> dict:
           ("Runs that no other run beats on both held-out loss and training time (◆ in the stage tables). "
            "Ablation cells are means over their seeds; each seed draws its own held-out split, so they are "
            "best compared with each other."), ""]
-    L += _table(sorted([r for r in full_rows if r["run_id"] in front_full], key=lambda r: r["train_seconds"]))
-    L += [""]
+    L += _table(sorted([r for r in full_rows if r["run_id"] in front_full], key=lambda r: r["train_seconds"])) + [""]
 
     # stages
     L += ["## Stages", "", "### 1. Gradient probe", "",

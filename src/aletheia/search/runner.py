@@ -32,6 +32,7 @@ from ..runs import RunRecord, RunStore
 from ..utils import write_json
 from .ablation import factorial_2x2
 from .config import FACTORS, STAGES, ArmSpec, SearchConfig
+from .optuna_stage import run_optuna_trials
 from .report import write_search_report
 from .rows import add_speed, brief, fmt, log, mean, order, rank_rows, row_of, standard
 
@@ -267,8 +268,6 @@ class Search:
         if trials == 0:
             return self.finish("optuna", {"skipped": True, "trials_requested": 0, "winner": leader,
                                           "summary": "skipped (optuna.trials is 0)"})
-        from .optuna_stage import run_optuna_trials
-
         rows, info = run_optuna_trials(self)
         return self.finish("optuna", {"trials_requested": trials, **info, **self._leader(rows, "optuna")})
 
