@@ -5,9 +5,9 @@ Definition. For probe batches b = 1..N and block l with parameters θ_l,
     score_l = Σ_b ‖ ∇_{θ_l} L(b) ‖₂
 
 where L is the causal-LM loss of the batch (mean over response tokens; prompt and padding tokens are
-masked exactly as in training, and the batch runs padding-free exactly where training does: the
-same loss and gradients, so the same scores) and ‖·‖₂ is the L2 norm over *all* of the block's parameters taken
-together, i.e. sqrt(Σ_p ‖∇p‖²). Embeddings, final norm and LM head are frozen and not scored.
+masked exactly as in training, and the batch runs padding-free exactly where training does: the same
+loss and gradients, so the same scores) and ‖·‖₂ is the L2 norm over *all* of the block's parameters
+taken together, i.e. sqrt(Σ_p ‖∇p‖²). Embeddings, final norm and LM head are frozen and not scored.
 
 Two modes give the same scores:
 
@@ -21,10 +21,9 @@ Scale. Under data parallelism each process probes whole batches (``b mod N``) an
 norms are summed across processes, so the scores equal the single-process ones. A model sharded with
 FSDP2 (``fully_shard``) holds a slice of every gradient on each process: all processes run each
 batch together, and a block's squared norm is the sum over processes of the squared norms of their
-slices (exact: the slices partition the gradient). With
-``device_map="auto"`` the per-layer sums are gathered on the first device. With gradient
-checkpointing enabled on the model, the blocks recompute their activations during backward while
-dropout stays off; the scores are unchanged.
+slices (exact: the slices partition the gradient). With ``device_map="auto"`` the per-layer sums are
+gathered on the first device. With gradient checkpointing enabled on the model, the blocks recompute
+their activations during backward while dropout stays off; the scores are unchanged.
 
 Quantised weights (QLoRA's 4-bit ``Linear4bit``) hold no gradient. For such a layer the weight
 gradient of a batch is ∇W = Σ_t g_t x_tᵀ (output gradients g, inputs x, over all tokens t), so its
@@ -37,6 +36,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -85,10 +85,11 @@ def _activation_scored(block: nn.Module) -> list[nn.Module]:
 
 
 def _block_params(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Per block, the parameters that hold a gradient (not the weights ``_activation_scored`` covers)."""
     out = []
     for block in get_blocks(model):
         skip = {id(m.weight) for m in _activation_scored(block)}
-        out.append([p for p in block.parameters() if id(p) not in skip])
+        out.append([p for p in block.parameters() if p.is_floating_point() and id(p) not in skip])
     return out
 
 
@@ -152,11 +153,8 @@ def run_probe(
     mine = list(range(len(batches))) if shards else distributed.my_share(len(batches))
     start = time.perf_counter()
     try:
-        if mode == "single-pass":
-            passes = _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine, shards)
-        else:
-            passes = _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress, mine,
-                              shards)
+        run = _single_pass if mode == "single-pass" else partial(_chunked, chunk_size=chunk_size)
+        passes = run(model, blocks, batches, device, per_batch, losses, progress, mine, shards)
     finally:
         for p, flag in saved_flags.items():
             p.requires_grad_(flag)
@@ -200,27 +198,24 @@ def _shard_sq_norms(blocks, device) -> torch.Tensor:
     return distributed.sum_across_processes(sq)
 
 
-def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine, shards=False) -> int:
+def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mine, shards) -> int:
     sq = torch.zeros(len(blocks), dtype=torch.float64, device=device)
-    handles = []
-
-    def make_hook(layer: int):
-        def hook(param: torch.Tensor) -> None:
-            sq[layer] += _sq_norm(param.grad).to(sq.device)
-            param.grad = None  # free it now: gradient memory stays near one parameter's size
-        return hook
-
-    for layer, params in enumerate(blocks):
-        for p in params:
-            if p.is_floating_point():
-                p.requires_grad_(True)
-                if not shards:  # FSDP2 writes its slices of the gradients after backward: read them then
-                    handles.append(p.register_post_accumulate_grad_hook(make_hook(layer)))
 
     def add(layer: int, value: torch.Tensor) -> None:
         sq[layer] += value.to(sq.device)
 
-    handles += _hook_linears(model, range(len(blocks)), add)
+    def make_hook(layer: int):
+        def hook(param: torch.Tensor) -> None:
+            add(layer, _sq_norm(param.grad))
+            param.grad = None  # free it now: gradient memory stays near one parameter's size
+        return hook
+
+    handles = _hook_linears(model, range(len(blocks)), add)
+    for layer, params in enumerate(blocks):
+        for p in params:
+            p.requires_grad_(True)
+            if not shards:  # FSDP2 writes its slices of the gradients after backward: read them then
+                handles.append(p.register_post_accumulate_grad_hook(make_hook(layer)))
     try:
         for b in tqdm(mine, desc="probe (single-pass)", disable=not progress):
             sq.zero_()
@@ -236,7 +231,7 @@ def _single_pass(model, blocks, batches, device, per_batch, losses, progress, mi
     return len(mine)
 
 
-def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, progress, mine, shards=False) -> int:
+def _chunked(model, blocks, batches, device, per_batch, losses, progress, mine, shards, chunk_size) -> int:
     n_chunks = math.ceil(len(blocks) / chunk_size)
     bar = tqdm(total=n_chunks * len(mine), desc="probe (chunked)", disable=not progress)
     from_activations = [0.0] * len(blocks)  # squared weight-gradient norms of quantised linears
@@ -246,10 +241,9 @@ def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, prog
 
     for c in range(n_chunks):
         chunk = range(c * chunk_size, min((c + 1) * chunk_size, len(blocks)))
-        for layer in chunk:
-            for p in blocks[layer]:
-                if p.is_floating_point():
-                    p.requires_grad_(True)
+        params = [p for layer in chunk for p in blocks[layer]]
+        for p in params:
+            p.requires_grad_(True)
         handles = _hook_linears(model, chunk, add)
         for b in mine:
             from_activations[:] = [0.0] * len(blocks)
@@ -267,8 +261,7 @@ def _chunked(model, blocks, batches, device, per_batch, losses, chunk_size, prog
             bar.update(1)
         for h in handles:
             h.remove()
-        for layer in chunk:
-            for p in blocks[layer]:
-                p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(False)
     bar.close()
     return n_chunks * len(mine)

@@ -12,13 +12,12 @@ family table follows it). Two ways in, one mechanism:
 
 ``get(name)`` returns the entry; an unknown name raises an ``AletheiaError`` that lists every
 registered name, so a typo on the command line is answered with what exists. Registering a name
-again replaces its entry. A registry is a mutable mapping, so ``name in REG``, ``REG[name]``,
-``REG.values()`` and iteration (names, in registration order) work as on a dict.
+again replaces its entry. A registry is a dict, so ``name in REG``, ``REG[name]``, ``REG.values()``
+and iteration (names, in registration order) work as on any other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
 from typing import Any, TypeVar
 
 from .errors import AletheiaError
@@ -27,48 +26,32 @@ T = TypeVar("T")
 _MISSING: Any = object()
 
 
-class Registry(MutableMapping[str, T]):
+class Registry(dict[str, T]):
     """Named entries of one kind (``kind`` names them in error messages: "unknown selector")."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T = _MISSING) -> Any:
         """Add ``entry`` under ``name`` and return it; without ``entry``, a decorator that does."""
         if entry is _MISSING:
             return lambda obj: self.register(name, obj)
-        self._entries[name] = entry
+        self[name] = entry
         return entry
 
     def get(self, name: str, default: Any = _MISSING) -> Any:
         """The entry called ``name``. An unknown name raises an error listing the registered ones,
         unless a ``default`` is given, which is then returned as ``dict.get`` would."""
-        if name in self._entries:
-            return self._entries[name]
+        if name in self:
+            return self[name]
         if default is not _MISSING:
             return default
         raise AletheiaError(f"unknown {self.kind} '{name}'; available: {', '.join(self.names())}")
 
     def names(self) -> list[str]:
         """The registered names, sorted (for messages; iteration keeps registration order)."""
-        return sorted(self._entries)
-
-    def __getitem__(self, name: str) -> T:
-        return self._entries[name]
-
-    def __setitem__(self, name: str, entry: T) -> None:
-        self._entries[name] = entry
-
-    def __delitem__(self, name: str) -> None:
-        del self._entries[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        return sorted(self)
 
     def __repr__(self) -> str:
-        return f"Registry({self.kind!r}: {', '.join(self._entries)})"
+        return f"Registry({self.kind!r}: {', '.join(self)})"
 

@@ -37,6 +37,5 @@ def k_for_fraction(num_layers: int, fraction: float) -> int:
 
 
 def top_fraction(scores: Sequence[float], fraction: float) -> list[int]:
-    """The ⌊fraction·L + ½⌋ highest-scoring layers (at least one), ties to the lower index,
-    in ascending order."""
+    """The ⌊fraction·L + ½⌋ highest-scoring layers (at least one), ties to the lower index, ascending."""
     return sorted(ranking(scores)[: k_for_fraction(len(scores), fraction)])

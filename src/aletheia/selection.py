@@ -46,8 +46,7 @@ class SelectionContext:
 
     def probe(self) -> ProbeResult:
         """The gradient probe of ``model`` on ``batches``, in the configured mode."""
-        cfg = self.config
-        return run_probe(self.model, self.batches, cfg.mode, cfg.chunk_size, self.progress)
+        return run_probe(self.model, self.batches, self.config.mode, self.config.chunk_size, self.progress)
 
 
 @dataclass
@@ -94,11 +93,9 @@ class Selection:
             "seconds": self.seconds,
         }
         if self.probe is not None:
-            out.update(
-                mode=self.probe.mode, batches=self.probe.batches, passes=self.probe.passes,
-                probe_seconds=self.probe.seconds, probe_losses=self.probe.losses,
-                per_batch_norms=self.probe.per_batch,
-            )
+            out.update(mode=self.probe.mode, batches=self.probe.batches, passes=self.probe.passes,
+                       probe_seconds=self.probe.seconds, probe_losses=self.probe.losses,
+                       per_batch_norms=self.probe.per_batch)
         out.update(self.details)
         return out
 
@@ -129,9 +126,8 @@ def select_layers(ctx: SelectionContext) -> Selection:
         if bad:
             n = selection.num_layers
             raise AletheiaError(f"layers {bad} do not exist: the model has {n} layers (0..{n - 1})")
-        selection.details["probe_selected_layers"] = selection.layers
+        selection.details.update(probe_selected_layers=selection.layers, override="layers given explicitly")
         selection.layers = sorted(set(cfg.layers))
-        selection.details["override"] = "layers given explicitly"
     return selection
 
 

@@ -205,7 +205,7 @@ def cost_aware(ctx: SelectionContext) -> Selection:
     from .cost import calibrate
 
     cfg = ctx.config
-    adapter = getattr(ctx, "adapter", None) or AdapterConfig()
+    adapter = ctx.adapter or AdapterConfig()
     result = ctx.probe()
     model = calibrate(ctx.model, ctx.batches, adapter, rounds=cfg.calibration_rounds, progress=ctx.progress)
     layers, info = choose_cost_aware(  # each candidate set is timed with the ranks it would train with

@@ -137,11 +137,11 @@ class RunFolder:
         if old is not None and not self.overwrite:
             raise AletheiaError(f"{self.target} already holds a finished run; pass --overwrite to replace "
                                 "it or choose another --output")
-        if old is not None:
-            owned = set(old.get("files", [])) | {STATE_FILE}
+        owned = set(old.get("files", [])) | {STATE_FILE} if old is not None else set()
+        if old is not None and old.get("legacy"):
             foreign = sorted(p.name for p in self.target.iterdir()
                              if p.name not in owned and not p.name.startswith("."))
-            if old.get("legacy") and foreign:
+            if foreign:
                 raise AletheiaError(f"{self.target} holds files that are not part of its run "
                                     f"({', '.join(foreign[:5])}); --overwrite replaces only a run folder "
                                     "Aletheia wrote; move them or choose another --output")
@@ -153,7 +153,6 @@ class RunFolder:
                 raise AletheiaError(f"{self.target} holds an unfinished run ({pending['status']}, in "
                                     f"{self.staging}); pass --overwrite to discard it and start again, "
                                     "or choose another --output")
-        owned = set(old.get("files", [])) | {STATE_FILE} if old is not None else set()
         clash = sorted(n for n in (LEGACY_FILES | {STATE_FILE}) - owned if (self.target / n).exists())
         if clash:  # a name a run writes, taken by a file no run of ours owns: found before loading
             if old is None:
