@@ -279,6 +279,4 @@ def load_search_config(path: str | Path) -> SearchConfig:
     """Read and validate a search YAML file."""
     if not Path(path).exists():
         raise ConfigError(f"search config not found: {path} (pass a YAML file, e.g. configs/search-smoke.yaml)")
-    cfg = SearchConfig.from_yaml(path)
-    cfg.validate()
-    return cfg  # type: ignore[return-value]
+    return SearchConfig.from_yaml(path).validate()  # type: ignore[return-value]
