@@ -271,10 +271,6 @@ class TrainConfig(Config):
         return list(dict.fromkeys(names))
 
 
-QUANTIZE = ("4bit",)
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
 @dataclass
 class ArchitectureConfig(Config):
     """Where the blocks and adapter modules are, for models outside the registry (or to override it).
@@ -310,7 +306,8 @@ class MemoryConfig(Config):
     gradient_checkpointing: bool = False
     """Recompute activations in backward (probe and training): less memory, same numbers, slower."""
 
-    LIMITS = {"quantize": one_of(QUANTIZE, " or leave it empty"), "device_map": one_of(DEVICE_MAPS)}
+    LIMITS = {"quantize": one_of(("4bit",), " or leave it empty"),
+              "device_map": one_of(("auto", "balanced", "balanced_low_0", "sequential"))}
 
 
 @dataclass
