@@ -137,9 +137,7 @@ class ProbeConfig(Config):
 
     def problems(self) -> list[str]:
         p = super().problems()
-        if self.layers is not None and (
-            not self.layers or any(not isinstance(i, int) or i < 0 for i in self.layers)
-        ):
+        if self.layers is not None and (not self.layers or any(not isinstance(i, int) or i < 0 for i in self.layers)):
             p.append(f"layers={self.layers} must be a non-empty list of layer indices >= 0")
         elif self.layers is not None and len(set(self.layers)) != len(self.layers):
             twice = sorted({i for i in self.layers if self.layers.count(i) > 1})
@@ -253,8 +251,7 @@ class TrainConfig(Config):
                                                       "typo, e.g. 200")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             p.append(f"betas={self.betas} must be two numbers in [0, 1)")
-        unknown = [name for name in self.report_to if name not in tracking.TRACKERS]
-        if unknown:
+        if unknown := [name for name in self.report_to if name not in tracking.TRACKERS]:
             p.append(f"report_to={self.report_to}: unknown tracker(s) {', '.join(map(repr, unknown))}; "
                      f"use any of {', '.join(tracking.TRACKERS)}")
         else:  # before any model loads: a tracker that cannot be imported would fail after the training
@@ -272,10 +269,6 @@ class TrainConfig(Config):
         """``report_to`` with ``tensorboard`` added when ``tensorboard: true``, each name once."""
         names = list(self.report_to) + (["tensorboard"] if self.tensorboard else [])
         return list(dict.fromkeys(names))
-
-
-QUANTIZE = ("4bit",)
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 @dataclass
@@ -313,7 +306,8 @@ class MemoryConfig(Config):
     gradient_checkpointing: bool = False
     """Recompute activations in backward (probe and training): less memory, same numbers, slower."""
 
-    LIMITS = {"quantize": one_of(QUANTIZE, " or leave it empty"), "device_map": one_of(DEVICE_MAPS)}
+    LIMITS = {"quantize": one_of(("4bit",), " or leave it empty"),
+              "device_map": one_of(("auto", "balanced", "balanced_low_0", "sequential"))}
 
 
 @dataclass

@@ -126,7 +126,7 @@ class SlurmExecutor:
         self.executor.update_parameters(name="aletheia", **params)
 
     def map(self, fn, jobs, on_event=None):
-        import time
+        from submitit.helpers import as_completed
 
         if self.cfg.array:
             handles = self.executor.map_array(fn, list(jobs))
@@ -135,16 +135,11 @@ class SlurmExecutor:
         for job in jobs:
             _emit(on_event, "start", job)
         results: list[dict | None] = [None] * len(jobs)
-        waiting = dict(enumerate(handles))
-        while waiting:
-            for i, handle in list(waiting.items()):
-                if handle.done():
-                    waiting.pop(i)
-                    try:
-                        results[i] = handle.result()
-                    except Exception as exc:  # noqa: BLE001 - the job itself died (killed, timed out): keep going
-                        results[i] = jobs[i].failure(f"executor job failed: {str(exc).splitlines()[0][:300]}")
-                    _emit(on_event, "done", jobs[i], results[i])
-            if waiting:
-                time.sleep(0.5)
+        for handle in as_completed(handles, poll_frequency=0.5):
+            i = handles.index(handle)
+            try:
+                results[i] = handle.result()
+            except Exception as exc:  # noqa: BLE001 - the job itself died (killed, timed out): keep going
+                results[i] = jobs[i].failure(f"executor job failed: {str(exc).splitlines()[0][:300]}")
+            _emit(on_event, "done", jobs[i], results[i])
         return results  # type: ignore[return-value]

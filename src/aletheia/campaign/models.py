@@ -10,7 +10,6 @@ seed 0. Each is saved once, with its tokenizer, under ``CAMPAIGN/models/`` and l
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,12 +22,6 @@ RANDOM_SIZE = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads
                    "max_position_embeddings": 1024}
 RANDOM_LAYERS = 8
 _CHARS = " abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;#?!'\n-+=*/()[]{}_\"<>|%$&@^~`\\"
-
-
-def parse_random(model_id: str) -> tuple[str, int] | None:
-    """``random:qwen2:6`` -> ("qwen2", 6); None for anything that is not a random model."""
-    m = _RANDOM_RE.match(model_id or "")
-    return (m.group(1), int(m.group(2) or RANDOM_LAYERS)) if m else None
 
 
 def char_tokenizer():
@@ -74,10 +67,9 @@ def materialize_model(spec: ModelSpec, campaign_dir: str | Path) -> str:
 
         fetch_model(embedded.name)  # instant when cached; a failed fetch stops the campaign, one line
         return None if spec.id == "default" else embedded.name  # type: ignore[return-value]
-    parsed = parse_random(spec.id)
-    if parsed is None:
+    if not (m := _RANDOM_RE.match(spec.id or "")):  # random:qwen2:6 -> qwen2, 6 layers
         return spec.id
-    family, layers = parsed
+    family, layers = m.group(1), int(m.group(2) or RANDOM_LAYERS)
     target = Path(campaign_dir) / "models" / f"random-{family}-{layers}L"
     if (target / "config.json").is_file():
         return str(target)
@@ -89,8 +81,7 @@ def materialize_model(spec: ModelSpec, campaign_dir: str | Path) -> str:
         tokenizer.save_pretrained(staged)
         try:
             os.replace(staged, target)
-        except OSError:  # another worker won the race: its copy is identical
+        except OSError:  # another worker won the race: its copy is identical (ours goes with tmp)
             if not (target / "config.json").is_file():
                 raise
-            shutil.rmtree(staged, ignore_errors=True)
     return str(target)

@@ -27,7 +27,6 @@ type and its store are in ``aletheia.runs``, the executors in ``executors.py``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -222,9 +221,8 @@ def _execute(job: RunJob, resume: bool = False) -> RunRecord:
     trained = run_training(cfg, selection=selection, progress=False, device=job.device,
                            overwrite=True, baseline=baseline, resume=resume)
 
-    if job.reuse_probe and selection is None and (job.run_dir / "probe.json").is_file():
+    if job.reuse_probe and selection is None and (probe := read_json(job.run_dir / "probe.json")) is not None:
         shared.mkdir(parents=True, exist_ok=True)
-        probe = json.loads((job.run_dir / "probe.json").read_text())
         write_json(shared / "probe.json", {**probe, "probed_by": job.run_id})
     if baseline is None and trained.eval_loss_before is not None:
         write_json(shared / "baseline.json", {"eval_loss": trained.eval_loss_before,
@@ -281,8 +279,7 @@ def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list
         eval_cfg = EvalConfig.from_dict({**job.eval_options, "tasks": list(job.benchmarks)})
         device = resolve_device(job.device)
         base_file = RunStore(job.campaign_dir).shared(job.model) / "benchmarks_base.json"
-        base = read_json(base_file)
-        if base is None:
+        if (base := read_json(base_file)) is None:
             try:
                 model, tok = load_model_and_tokenizer(model_path, device=device)
                 base = run_suite(model, tok, list(job.benchmarks), eval_cfg, progress=False)
@@ -325,11 +322,6 @@ def _comparable(spec: CampaignSpec) -> dict:
     return {k: v for k, v in spec.to_dict().items() if k not in may_change}
 
 
-def init_campaign_dir(spec: CampaignSpec, campaign_dir: Path) -> None:
-    """Save the spec in the folder, or check that a resumed campaign uses the same one."""
-    RunStore(campaign_dir).open(spec, SPEC_FILE, _comparable, kind="campaign", noun="spec")
-
-
 def run_campaign(spec: CampaignSpec, campaign_dir: str | Path | None = None, progress: bool = True,
                  retry_failed: bool = False) -> list[dict]:
     """Run every unfinished job of the campaign with its executor, then write ``results.csv``."""
@@ -339,11 +331,11 @@ def run_campaign(spec: CampaignSpec, campaign_dir: str | Path | None = None, pro
     spec.validate()
     out = Path(campaign_dir or spec.output)
     check_writable(out)  # before any model is built or loaded
-    init_campaign_dir(spec, out)
+    store = RunStore(out)
+    store.open(spec, SPEC_FILE, _comparable, kind="campaign", noun="spec")  # a resumed campaign's must match
     jobs = plan_jobs(spec, out)
     for m in spec.models:  # build random models once, here, not in every worker
         materialize_model(m, out)
-    store = RunStore(out)
     todo = store.todo(jobs, retry_failed)
     done = [r for job in jobs if (r := store.record(job.run_id)) is not None]
     view = ProgressView(total=len(jobs), already=done, enabled=progress,
@@ -372,12 +364,10 @@ def campaign_status(campaign_dir: str | Path) -> dict:
     out = Path(campaign_dir)
     spec = load_campaign(out)
     jobs, store = plan_jobs(spec, out), RunStore(out)
-    state: dict[str, list[str]] = {"completed": [], "failed": [], "running": [], "interrupted": [],
-                                   "pending": []}
-    durations, starts = [], []
+    state: dict[str, list[str]] = {k: [] for k in ("completed", "failed", "running", "interrupted", "pending")}
+    durations = []
     for job in jobs:
-        rec = store.record(job.run_id)
-        if rec is not None:
+        if (rec := store.record(job.run_id)) is not None:
             state["completed" if rec.completed else "failed"].append(job.label)
             if rec.wall_seconds:
                 durations.append(rec.wall_seconds)
@@ -389,7 +379,6 @@ def campaign_status(campaign_dir: str | Path) -> dict:
             state["interrupted"].append(job.label)
         else:
             state["running"].append(job.label)
-            starts.append(started.get("started_unix", time.time()))
     left = len(state["pending"]) + len(state["running"]) + len(state["interrupted"])
     mean = sum(durations) / len(durations) if durations else None
     return {"campaign": spec.name, "folder": str(out), "total": len(jobs),

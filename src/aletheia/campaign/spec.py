@@ -64,9 +64,7 @@ class ModelSpec(Config):
         """Folder-safe name: the label, else the last part of the id."""
         if self.label:
             return self.label
-        if self.id in ("", None):
-            return "SmolLM2-135M-Instruct"
-        embedded = embedded_model(self.id)
+        embedded = embedded_model(self.id or None)  # an empty id is the default model
         if embedded is not None:  # its cache folder: "default" and "smollm2-135m" are one model
             return embedded.folder
         if m := _RANDOM_RE.match(self.id):
@@ -198,7 +196,6 @@ RECIPE_KINDS.register("compute_matched", RecipeKind("aletheia", _one_budget, _ma
                                                     takes_budget=True, takes_match=True))
 RECIPE_KINDS.register("budget_sweep", RecipeKind("aletheia", lambda r: list(r.budgets or []), _sweep_check,
                                                  takes_budgets=True))
-RECIPES = tuple(RECIPE_KINDS)
 
 
 @dataclass
@@ -224,10 +221,8 @@ class EvalSuiteConfig(Config):
         if not isinstance(self.options, dict):
             p.append("options must be a mapping of EvalConfig settings")
         elif self.options:
-            try:
-                from ..evaluation.suite import EvalConfig
-            except ImportError:  # the suite is optional: checked again when a run uses it
-                return p
+            from ..evaluation.suite import EvalConfig  # lazy: the suite imports torch
+
             try:
                 EvalConfig.from_dict({**self.options, "tasks": list(self.benchmarks) or ["mmlu"]}).validate()
             except ConfigError as exc:
@@ -334,7 +329,7 @@ class CampaignSpec(Config):
         factor = (cm.factor or DEFAULT_FACTOR) if cm and cm.match == "factor" else None
         steps = self.train.steps
         if factor and isinstance(steps, int) and round(steps * factor) > MAX_STEPS:
-            p.append(f"compute_matched: train.steps={self.train.steps} x factor {factor} is beyond "
+            p.append(f"compute_matched: train.steps={steps} x factor {factor} is beyond "
                      f"the cap of {MAX_STEPS:,} optimizer steps")
         if sweep and ale and sweep.budgets and ale.run_budgets()[0] in sweep.budgets:
             p.append(f"budget_sweep: budget {ale.run_budgets()[0]} repeats the aletheia run; drop it "
@@ -348,10 +343,9 @@ def unloadable_models(spec: CampaignSpec) -> list[str]:
     be checked without the network, and only a path-like id is surely meant as one."""
     from ..models import model_path_problem
 
-    paths = {i: m.id for i, m in enumerate(spec.models)
-             if m.id != "" and embedded_model(m.id) is None and not m.id.startswith(RANDOM_PREFIX)}
-    return [f"models[{i}].id: {problem}" for i, path in paths.items()
-            if (problem := model_path_problem(path))]
+    return [f"models[{i}].id: {problem}" for i, m in enumerate(spec.models)
+            if m.id != "" and embedded_model(m.id) is None and not m.id.startswith(RANDOM_PREFIX)
+            and (problem := model_path_problem(m.id))]
 
 
 def load_spec(path: str | Path) -> CampaignSpec:
@@ -375,9 +369,8 @@ def load_campaign(campaign_dir: str | Path) -> CampaignSpec:
     if not saved.is_file():
         raise AletheiaError(f"{campaign_dir} is not a campaign folder (no {SPEC_FILE}); "
                             "start one with: aletheia campaign run SPEC --output DIR")
-    spec = CampaignSpec.from_dict(load_yaml_file(saved, "campaign spec"))
-    return spec.validate()  # type: ignore[return-value]
+    return CampaignSpec.from_dict(load_yaml_file(saved, "campaign spec")).validate()  # type: ignore[return-value]
 
 
-__all__ = ["DEFAULT_BUDGET", "DEFAULT_FACTOR", "RECIPES", "RECIPE_KINDS", "RecipeKind", "CampaignSpec",
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_FACTOR", "RECIPE_KINDS", "RecipeKind", "CampaignSpec",
            "EvalSuiteConfig", "ExecutorConfig", "ModelSpec", "RecipeSpec", "load_spec", "unloadable_models"]

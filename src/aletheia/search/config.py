@@ -23,8 +23,6 @@ STAGES = ("probe", "scan", "full", "push", "optuna", "ablation")
 MODULE_SETS = ("attention", "mlp", "both")
 FACTORS = ("layers", "modules", "attention_rank", "mlp_rank", "lr")
 """The five settings an arm fixes; the ablation picks two of them."""
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "none")
 
 
 def _name_problems(name: str) -> list[str]:
@@ -219,7 +217,7 @@ class OptunaConfig(Config):
     lr: list[float] = field(default_factory=lambda: [5e-5, 1e-3])
     """Range of the learning rate (log scale)."""
 
-    LIMITS = {"trials": at_least(0), "sampler": one_of(SAMPLERS), "pruner": one_of(PRUNERS)}
+    LIMITS = {"trials": at_least(0), "sampler": one_of(("tpe", "random")), "pruner": one_of(("median", "none"))}
 
     def problems(self) -> list[str]:
         p = super().problems()
@@ -279,6 +277,4 @@ def load_search_config(path: str | Path) -> SearchConfig:
     """Read and validate a search YAML file."""
     if not Path(path).exists():
         raise ConfigError(f"search config not found: {path} (pass a YAML file, e.g. configs/search-smoke.yaml)")
-    cfg = SearchConfig.from_yaml(path)
-    cfg.validate()
-    return cfg  # type: ignore[return-value]
+    return SearchConfig.from_yaml(path).validate()  # type: ignore[return-value]
