@@ -110,9 +110,7 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def _cell(v):
-    if v is None:
-        return ""
-    return f"{v:.6g}" if isinstance(v, float) else v
+    return "" if v is None else f"{v:.6g}" if isinstance(v, float) else v
 
 
 def write_results_csv(campaign_dir: str | Path) -> list[dict]:
@@ -131,8 +129,6 @@ def read_results_csv(path: str | Path) -> list[dict]:
 
 
 def _parse(column: str, v: str | None):
-    if v == "" or v is None:
-        return None
-    if column in TEXT_COLS:
-        return v
+    if not v or column in TEXT_COLS:
+        return v or None
     return int(float(v)) if column in INT_COLS else float(v)

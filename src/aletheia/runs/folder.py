@@ -234,8 +234,7 @@ class RunFolder:
                 for name in [*old.get("files", []), STATE_FILE]:
                     if (self.target / name).exists():
                         os.replace(self.target / name, aside / name)
-            names = sorted(p.name for p in self.staging.iterdir() if p.name != STATE_FILE)
-            for name in names:
+            for name in sorted(p.name for p in self.staging.iterdir() if p.name != STATE_FILE):
                 os.replace(self.staging / name, self.target / name)
             os.replace(self.staging / STATE_FILE, self.target / STATE_FILE)
             self.committed = True
@@ -276,13 +275,9 @@ class RunFolder:
         write_json(folder / STATE_FILE, state)
 
     def _mkdir(self, path: Path) -> None:
-        missing = []
         p = path.absolute()
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
+        self._created = [d for d in reversed([p, *p.parents]) if not d.exists()]  # outermost first
         path.mkdir(parents=True, exist_ok=True)
-        self._created = list(reversed(missing))  # outermost first
 
     def _lock(self) -> None:
         path = self.target / LOCK_FILE

@@ -9,6 +9,7 @@ most as slow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,16 +106,12 @@ def plot_frontier(groups: dict[str, list[dict]], path: Path, winner: str | None,
     return path
 
 
-def _loss(x: Any) -> str:
-    return "–" if x is None else f"{x:.4f}"
+def _or_dash(fmt: str) -> Callable[[Any], str]:
+    """``fmt`` applied to a value, or "–" for a missing one (a NaN still reads "nan")."""
+    return lambda x: "–" if x is None else fmt.format(x)
 
 
-def _secs(x: Any) -> str:
-    return "–" if x is None else f"{x:.1f}"
-
-
-def _speed(x: Any) -> str:
-    return "–" if x is None else f"{x:.2f}×"
+_loss, _secs, _speed = _or_dash("{:.4f}"), _or_dash("{:.1f}"), _or_dash("{:.2f}×")
 
 
 def _settings(s: dict | None) -> str:
