@@ -128,14 +128,11 @@ class Config:
     def from_dict(cls, data: dict[str, Any] | None) -> "Config":
         data = dict(data or {})
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
+        if unknown := sorted(set(data) - names):
             close = {key: difflib.get_close_matches(key, names, n=1) for key in unknown}
             hints = [f"'{k}'" + (f" (did you mean '{c[0]}'?)" if c else "") for k, c in close.items()]
-            raise ConfigError(
-                f"unknown key(s) in {cls.__name__}: {', '.join(hints)}; "
-                f"known keys: {', '.join(sorted(names))}"
-            )
+            raise ConfigError(f"unknown key(s) in {cls.__name__}: {', '.join(hints)}; "
+                              f"known keys: {', '.join(sorted(names))}")
         types = get_type_hints(cls)
         kwargs = {}
         for name, value in data.items():

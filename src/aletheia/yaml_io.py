@@ -18,8 +18,6 @@ import yaml
 
 from .errors import ConfigError
 
-MERGE_TAG = "tag:yaml.org,2002:merge"
-
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A mapping names the same key twice (raised by ``StrictLoader``)."""
@@ -36,7 +34,7 @@ class StrictLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             seen: set = set()
             for key_node, _ in node.value:  # the node's own keys, before merge keys are expanded
-                if key_node.tag == MERGE_TAG:
+                if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
                 key = self.construct_object(key_node, deep=True)
                 with contextlib.suppress(TypeError):  # an unhashable key: the base constructor reports it
