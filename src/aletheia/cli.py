@@ -28,6 +28,7 @@ from .cli_parser import apply, parse, parsers, renamed, usage_line
 from .config import RunConfig
 from .errors import AletheiaError
 from .evaluation.suite import EvalConfig
+from .outputs import DISK_FULL, os_error_of
 
 # --- the verbs: each builds its configs from the flags and calls one library function ----------
 
@@ -220,9 +221,8 @@ def _quiet_libraries() -> None:
 
 
 # Failures of the machine a user can meet and fix: one line, not a traceback.
-USER_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
-               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-               errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
+USER_ERRNOS = {**DISK_FULL, errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -245,7 +245,6 @@ def _run(argv: list[str]) -> int | None:
 
 def main(argv: list[str] | None = None) -> None:
     from .interrupts import handle_signals, last_interruption
-    from .outputs import os_error_of
     from .runs.folder import clear_abandoned, last_abandoned
 
     _quiet_libraries()

@@ -27,7 +27,7 @@ from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter, Name
 
 from .config import RunConfig
 from .evaluation.suite import EvalConfig
-from .typed_config import type_problems
+from .typed_config import type_problems, unwrap_optional
 
 # The short flags of earlier versions -> the fields each sets.
 RUN_ALIASES = {
@@ -72,8 +72,7 @@ def apply(cfg: Any, given: dict, prefix: str = "") -> None:
     for key, value in given.items():
         *sections, name = key.removeprefix(prefix).split(".")
         if key.startswith(prefix) and (sections or [name])[0] in {f.name for f in fields(cfg)}:
-            target = functools.reduce(getattr, sections, cfg)
-            setattr(target, name, value)
+            setattr(functools.reduce(getattr, sections, cfg), name, value)
 
 
 # --- the parsers, generated from the configs ------------------------------------------------------
@@ -146,8 +145,7 @@ def _field_type(dotted: str) -> Any:
     hint, path = (EvalConfig, dotted[5:]) if dotted.startswith("eval.") else (RunConfig, dotted)
     for name in path.split("."):
         hint = get_type_hints(hint)[name]
-    args = [t for t in get_args(hint) if t is not type(None)]
-    return args[0] if get_origin(hint) is not list and len(args) == 1 else hint  # X | None: X
+    return unwrap_optional(hint)[0]  # X | None: X
 
 
 class _Reader:
@@ -215,9 +213,8 @@ def _add_options(p: dict[str, ArgumentParser]) -> None:
         ("campaign run", "--output -o", {"type": text}, "Campaign folder (null: the spec's)."),
         ("campaign run", "--executor", {"type": text}, "local, ray or slurm (not the spec's)."),
         ("campaign run", "--retry-failed", switch, "Run failed runs again (finished ones stay)."),
-        ("campaign status", "directory", {"type": Path}, "Campaign folder."),
+        ("campaign status|report", "directory", {"type": Path}, "Campaign folder."),
         ("campaign status", "--verbose -v", switch, "List the runs in each state."),
-        ("report", "directory", {"type": Path}, "Campaign folder."),
         ("search", "config", {"type": Path}, "Search YAML (e.g. configs/search-smoke.yaml)."),
         ("search", "--output -o", {"type": Path, "required": True},
          "Search folder; rerun with the same one to resume."),

@@ -116,28 +116,23 @@ class Config:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in out.items():
             if isinstance(value, Config):
-                value = value.to_dict()
+                out[name] = value.to_dict()
             elif isinstance(value, (list, tuple)):
-                value = [v.to_dict() if isinstance(v, Config) else v for v in value]
-            out[f.name] = value
+                out[name] = [v.to_dict() if isinstance(v, Config) else v for v in value]
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "Config":
         data = dict(data or {})
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
+        if unknown := sorted(set(data) - names):
             close = {key: difflib.get_close_matches(key, names, n=1) for key in unknown}
             hints = [f"'{k}'" + (f" (did you mean '{c[0]}'?)" if c else "") for k, c in close.items()]
-            raise ConfigError(
-                f"unknown key(s) in {cls.__name__}: {', '.join(hints)}; "
-                f"known keys: {', '.join(sorted(names))}"
-            )
+            raise ConfigError(f"unknown key(s) in {cls.__name__}: {', '.join(hints)}; "
+                              f"known keys: {', '.join(sorted(names))}")
         types = get_type_hints(cls)
         kwargs = {}
         for name, value in data.items():
@@ -180,7 +175,7 @@ class Config:
 
 def _config_item(typ: Any) -> type[Config] | None:
     """The config class of a ``list[SomeConfig]`` field, else None."""
-    typ, origin = _unwrap(typ)
+    typ, origin = unwrap_optional(typ)
     (item,) = get_args(typ) if origin is list else (None,)
     return item if isinstance(item, type) and issubclass(item, Config) else None
 
@@ -224,7 +219,7 @@ def _with_default(exc: "FieldError", cls: type, name: str) -> "FieldError":
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-def _unwrap(typ: Any) -> tuple[Any, Any]:
+def unwrap_optional(typ: Any) -> tuple[Any, Any]:
     """``Optional[X]`` -> (X, origin of X); other hints unchanged."""
     origin = get_origin(typ)
     args = [a for a in get_args(typ) if a is not type(None)]
@@ -239,27 +234,24 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
     a number given for a text field -> its text); anything else is one ``FieldError``."""
     if value is None:
         return None
-    typ, origin = _unwrap(typ)
-    if typ in (int, float) and isinstance(value, str) and _NUMBER.match(value.strip()):
-        value = float(value)  # YAML 1.1 reads `2e-4` and `1e12` (no dot) as text
-    if typ is int:
+    typ, origin = unwrap_optional(typ)
+    if typ in (int, float):
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads `2e-4` and `1e12` (no dot) as text
+        kind = "whole number" if typ is int else "number"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FieldError(name, f"must be a whole number, got {value!r}")
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise FieldError(name, f"must be a finite whole number, got {value!r}")
-            if not value.is_integer():
-                example = math.floor(value)
-                raise FieldError(name, f"must be a whole number, got {value!r} (e.g. {example})")
-            return int(value)
-        return value
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FieldError(name, f"must be a number, got {value!r}")
-        value = float(value)
+            raise FieldError(name, f"must be a {kind}, got {value!r}")
+        if typ is float:
+            value = float(value)
+        elif not isinstance(value, float):
+            return value  # an int for an int
         if not math.isfinite(value):
-            raise FieldError(name, f"must be a finite number, got {value!r}")
-        return value
+            raise FieldError(name, f"must be a finite {kind}, got {value!r}")
+        if typ is float:
+            return value
+        if not value.is_integer():
+            raise FieldError(name, f"must be a whole number, got {value!r} (e.g. {math.floor(value)})")
+        return int(value)
     if typ is bool and not isinstance(value, bool):
         raise FieldError(name, f"must be true or false, got {value!r}")
     if typ is str and not isinstance(value, str):
@@ -304,10 +296,7 @@ def _own_type_problems(cfg: "Config", prefix: str = "") -> list[str]:
                 out += type_problems(v, f"{prefix}{f.name}[{i}].")
             continue
         try:
-            checked = _coerce(f.name, value, types[f.name])
+            setattr(cfg, f.name, _coerce(f.name, value, types[f.name]))  # 3.0 -> 3 in place
         except FieldError as exc:
             out.append(f"{prefix}{exc.field} {exc.detail}")
-            continue
-        if checked is not value:
-            setattr(cfg, f.name, checked)
     return out

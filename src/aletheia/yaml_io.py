@@ -8,6 +8,7 @@ turns every way a file can be unreadable into one ``ConfigError`` line naming th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -16,8 +17,6 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-
-MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -35,15 +34,13 @@ class StrictLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             seen: set = set()
             for key_node, _ in node.value:  # the node's own keys, before merge keys are expanded
-                if key_node.tag == MERGE_TAG:
+                if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
                 key = self.construct_object(key_node, deep=True)
-                try:
+                with contextlib.suppress(TypeError):  # an unhashable key: the base constructor reports it
                     if key in seen:
                         raise DuplicateKeyError(key, key_node.start_mark)
                     seen.add(key)
-                except TypeError:  # an unhashable key: the base constructor reports it
-                    pass
         return super().construct_mapping(node, deep=deep)
 
 
@@ -71,16 +68,13 @@ def load_yaml_file(path: str | Path, what: str = "YAML file") -> Any:
     """
     path = Path(path)
     try:
-        st = os.stat(path)
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise ConfigError(f"{path} is {kind}; pass a YAML file as the {what}")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise ConfigError(f"{path} is {kind}; pass a YAML file as the {what}")
-    try:
-        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the {what} is not UTF-8 text") from None
     except OSError as exc:
