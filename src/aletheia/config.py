@@ -136,6 +136,8 @@ class ProbeConfig(Config):
               "calibration_rounds": at_least(1)}
 
     def problems(self) -> list[str]:
+        from .selection import SELECTORS  # lazy: the registry imports torch
+
         p = super().problems()
         if self.layers is not None and (not self.layers or any(not isinstance(i, int) or i < 0 for i in self.layers)):
             p.append(f"layers={self.layers} must be a non-empty list of layer indices >= 0")
@@ -143,12 +145,8 @@ class ProbeConfig(Config):
             twice = sorted({i for i in self.layers if self.layers.count(i) > 1})
             p.append(f"layers={self.layers} lists layer {', '.join(map(str, twice))} more than "
                      f"once; give each index once, e.g. {sorted(set(self.layers))}")
-        if isinstance(self.selector, str):
-            from .selection import SELECTORS  # lazy: the registry imports torch
-
-            if self.selector not in SELECTORS:
-                p.append(f"selector={self.selector!r} is unknown; use one of "
-                         f"{', '.join(sorted(SELECTORS))}")
+        if isinstance(self.selector, str) and self.selector not in SELECTORS:
+            p.append(f"selector={self.selector!r} is unknown; use one of {', '.join(sorted(SELECTORS))}")
         if self.time_budget is not None and self.tradeoff is not None:
             p.append("time_budget and tradeoff are alternatives; give one of them")
         return p
