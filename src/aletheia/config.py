@@ -27,7 +27,6 @@ def over_cap(steps: int, hint: str) -> list[str]:
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-PROBE_MODES = ("single-pass", "chunked")
 METHODS = ("aletheia", "standard")
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 """``train.scheduler`` -> the name ``transformers.get_scheduler`` knows it by (each after the warmup)."""
@@ -128,8 +127,8 @@ class ProbeConfig(Config):
     """``cost-aware`` with ``time_budget``: when no layer set fits the budget, take the fastest set
     instead of stopping with an error (the campaign's ``cost_aware`` recipe sets it)."""
 
-    LIMITS = {"batches": at_least(1, " (the paper uses 5)"), "batch_size": at_least(1), "mode": one_of(PROBE_MODES),
-              "chunk_size": at_least(1, " (the paper uses 8)"),
+    LIMITS = {"batches": at_least(1, " (the paper uses 5)"), "batch_size": at_least(1),
+              "mode": one_of(("single-pass", "chunked")), "chunk_size": at_least(1, " (the paper uses 8)"),
               "fraction": within(0, 1, "low", ", e.g. 0.5 for half the layers"),
               "time_budget": within(0, 1, "low", ", a fraction of standard LoRA's step time"),
               "tradeoff": at_least(0, " (0 keeps the most signal regardless of time)"),
