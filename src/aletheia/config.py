@@ -27,7 +27,6 @@ def over_cap(steps: int, hint: str) -> list[str]:
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-PROBE_MODES = ("single-pass", "chunked")
 METHODS = ("aletheia", "standard")
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 """``train.scheduler`` -> the name ``transformers.get_scheduler`` knows it by (each after the warmup)."""
@@ -128,14 +127,16 @@ class ProbeConfig(Config):
     """``cost-aware`` with ``time_budget``: when no layer set fits the budget, take the fastest set
     instead of stopping with an error (the campaign's ``cost_aware`` recipe sets it)."""
 
-    LIMITS = {"batches": at_least(1, " (the paper uses 5)"), "batch_size": at_least(1), "mode": one_of(PROBE_MODES),
-              "chunk_size": at_least(1, " (the paper uses 8)"),
+    LIMITS = {"batches": at_least(1, " (the paper uses 5)"), "batch_size": at_least(1),
+              "mode": one_of(("single-pass", "chunked")), "chunk_size": at_least(1, " (the paper uses 8)"),
               "fraction": within(0, 1, "low", ", e.g. 0.5 for half the layers"),
               "time_budget": within(0, 1, "low", ", a fraction of standard LoRA's step time"),
               "tradeoff": at_least(0, " (0 keeps the most signal regardless of time)"),
               "calibration_rounds": at_least(1)}
 
     def problems(self) -> list[str]:
+        from .selection import SELECTORS  # lazy: the registry imports torch
+
         p = super().problems()
         if self.layers is not None and (not self.layers or any(not isinstance(i, int) or i < 0 for i in self.layers)):
             p.append(f"layers={self.layers} must be a non-empty list of layer indices >= 0")
@@ -143,12 +144,8 @@ class ProbeConfig(Config):
             twice = sorted({i for i in self.layers if self.layers.count(i) > 1})
             p.append(f"layers={self.layers} lists layer {', '.join(map(str, twice))} more than "
                      f"once; give each index once, e.g. {sorted(set(self.layers))}")
-        if isinstance(self.selector, str):
-            from .selection import SELECTORS  # lazy: the registry imports torch
-
-            if self.selector not in SELECTORS:
-                p.append(f"selector={self.selector!r} is unknown; use one of "
-                         f"{', '.join(sorted(SELECTORS))}")
+        if isinstance(self.selector, str) and self.selector not in SELECTORS:
+            p.append(f"selector={self.selector!r} is unknown; use one of {', '.join(sorted(SELECTORS))}")
         if self.time_budget is not None and self.tradeoff is not None:
             p.append("time_budget and tradeoff are alternatives; give one of them")
         return p

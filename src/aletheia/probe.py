@@ -145,8 +145,7 @@ def run_probe(
         # the flag on the block alone keeps its dropout layers in eval mode.
         for block in get_blocks(model):
             block.training = True
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     per_batch = [[0.0] * n_layers for _ in batches]
     losses = [0.0] * len(batches)
     shards = distributed.sharded(model)  # FSDP2: every process runs every batch, on its slices

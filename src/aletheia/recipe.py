@@ -70,8 +70,7 @@ def prepare(cfg: RunConfig, device: str | None = None, examples: list[Example] |
                                 "process its own GPU: use one or the other")
     dtype = resolve_dtype(cfg.train.dtype, dev)
     check_quantize(cfg.memory.quantize, dev)  # before any data is read or weights are loaded
-    if examples is None:
-        examples = load_examples(cfg.data)
+    examples = load_examples(cfg.data) if examples is None else examples
     train_ex, eval_ex = split_examples(examples, cfg.data.eval_fraction, cfg.data.max_eval_examples, cfg.seed)
     extra = {"device_map": cfg.memory.device_map} if cfg.memory.device_map else {}
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=dtype, device=dev, quantize=cfg.memory.quantize,
@@ -194,14 +193,12 @@ def resume_point(out: Path, cfg: RunConfig) -> Path:
     from .checkpoint import latest
 
     saved = out / "config.yaml"
-    if saved.is_file():
-        differ = _differences(RunConfig.from_yaml(saved).to_dict(), cfg.to_dict(), {"output"})
-        if differ:
-            raise AletheiaError(f"--resume: the checkpoint in {out} was made with other settings ("
-                                + "; ".join(differ[:5]) + "); resume with the same settings, or "
-                                "drop --resume and pass --overwrite to start again")
-    found = latest(out / "checkpoints")
-    if found is None:
+    before = RunConfig.from_yaml(saved).to_dict() if saved.is_file() else cfg.to_dict()
+    if differ := _differences(before, cfg.to_dict(), {"output"}):
+        raise AletheiaError(f"--resume: the checkpoint in {out} was made with other settings ("
+                            + "; ".join(differ[:5]) + "); resume with the same settings, or "
+                            "drop --resume and pass --overwrite to start again")
+    if (found := latest(out / "checkpoints")) is None:
         raise AletheiaError(f"--resume: the unfinished run in {out} has no checkpoint yet; rerun with "
                             "--overwrite to start again (add --train.save_every N to checkpoint)")
     log(f"resuming from {found.name} ({out})")

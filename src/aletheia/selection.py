@@ -122,9 +122,8 @@ def select_layers(ctx: SelectionContext) -> Selection:
     selection = SELECTORS.get(cfg.selector)(ctx)
     selection.seconds = time.perf_counter() - start
     if cfg.layers is not None:
-        bad = [i for i in cfg.layers if i >= selection.num_layers]
-        if bad:
-            n = selection.num_layers
+        n = selection.num_layers
+        if bad := [i for i in cfg.layers if i >= n]:
             raise AletheiaError(f"layers {bad} do not exist: the model has {n} layers (0..{n - 1})")
         selection.details.update(probe_selected_layers=selection.layers, override="layers given explicitly")
         selection.layers = sorted(set(cfg.layers))

@@ -28,7 +28,7 @@ from torch import nn
 from .architectures import get_blocks
 from .config import AdapterConfig
 from .errors import AletheiaError
-from .scores import k_for_fraction, ranking, shares, top_fraction
+from .scores import ranking, shares, top_fraction
 from .selection import Selection, SelectionContext, register_selector
 
 
@@ -55,10 +55,8 @@ def random_layers(ctx: SelectionContext) -> Selection:
 
 def _positional(ctx: SelectionContext, name: str, last: bool) -> Selection:
     n = len(get_blocks(ctx.model))
-    k = k_for_fraction(n, ctx.config.fraction)
-    layers = list(range(n - k, n)) if last else list(range(k))
     scores = [float(i + 1) / n if last else float(n - i) / n for i in range(n)]  # depth as the score
-    return Selection(name, scores, layers, ctx.config.fraction, 0.0)
+    return Selection(name, scores, top_fraction(scores, ctx.config.fraction), ctx.config.fraction, 0.0)
 
 
 @register_selector("last-n")
@@ -160,10 +158,7 @@ def choose_cost_aware(
     instead of stopping; a campaign uses it, as one budget must serve models with other fixed costs.
     """
     share = shares(scores)
-
-    def signal(layers: list[int]) -> float:
-        return sum(share[i] for i in layers)
-
+    signal = lambda layers: sum(share[i] for i in layers)
     cands = [(c, signal(c), step_time(c)) for c in candidate_sets(scores)]
     topk = top_fraction(scores, fraction)
     topk_time = step_time(topk)
