@@ -22,9 +22,6 @@ configurations alike, and cached under ``<cache>/cost/<key>.json``. The timed st
 layout training will run (padding-free where ``packing.padding_free``), and times scale with the
 positions a micro-batch computes (its real tokens packed, batch x width padded); ``predict`` takes
 the token count to predict for.
-
-Size: over 400 lines because the model, its features, the timed steps it is fitted to and the cache
-key of a fit are one thing; a fit means nothing apart from the steps and shapes it was timed on.
 """
 
 from __future__ import annotations
@@ -40,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from . import packing
@@ -100,8 +97,7 @@ def matched_adapter(
     def width(layer_ids, names):
         return sum(sum(shapes[i][n]) for i in layer_ids for n in names if n in shapes[i])
 
-    every = range(len(shapes))
-    standard = adapter.standard_rank * width(every, list(attention) + list(mlp))
+    standard = adapter.standard_rank * width(range(len(shapes)), list(attention) + list(mlp))
     attn = adapter.attention_rank * width(layers, attention) if adapter.modules == "both" else 0
     per_rank = width(layers, mlp)
     if per_rank == 0:
@@ -139,13 +135,11 @@ class CostModel:
     """Calibration measurements: configuration, features, median and all timed seconds, prediction."""
     version: int = COST_MODEL_VERSION
 
-    def _ranks(self, adapter: AdapterConfig, standard: bool) -> dict[str, int]:
-        arch = Architecture("cost", (), "layers", tuple(self.attention), tuple(self.mlp))
-        return adapter_ranks(arch, adapter, standard)
-
     def features(self, layers: list[int], adapter: AdapterConfig | None = None,
                  standard: bool = False) -> dict[str, float]:
-        return step_features(self.shapes, sorted(layers), self._ranks(adapter or AdapterConfig(), standard))
+        arch = Architecture("cost", (), "layers", tuple(self.attention), tuple(self.mlp))
+        ranks = adapter_ranks(arch, adapter or AdapterConfig(), standard)
+        return step_features(self.shapes, sorted(layers), ranks)
 
     def predict_features(self, feats: dict[str, float], tokens: int | None = None) -> float:
         seconds = sum(self.coefficients[k] * feats[k] for k in FEATURES)
@@ -167,16 +161,12 @@ class CostModel:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> CostModel:
-        return cls(**data)
-
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> CostModel:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls(**json.loads(Path(path).read_text()))
 
 
 def fit_coefficients(rows: list[dict[str, float]], seconds: list[float]) -> dict[str, float]:
@@ -281,12 +271,8 @@ def _time_step(model, params, optimizer, batch, device, precision) -> float:
 
 
 def time_adapter_steps(
-    model: nn.Module,
-    configs: dict[str, LoraConfig],
-    batches: list[dict[str, torch.Tensor]],
-    rounds: int = 3,
-    warmup: int = 1,
-    progress: bool = False,
+    model: nn.Module, configs: dict[str, LoraConfig], batches: list[dict[str, torch.Tensor]],
+    rounds: int = 3, warmup: int = 1, progress: bool = False,
 ) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
     """Seconds and positions computed (``packing.step_tokens``) of ``rounds`` timed steps for each
     LoRA config, taken in turns.
@@ -296,8 +282,6 @@ def time_adapter_steps(
     other processes hits them alike. The model is returned unchanged: the adapters are removed and
     the ``requires_grad`` flags restored.
     """
-    from peft import get_peft_model
-
     device = next(model.parameters()).device
     precision = mixed_precision(weights_dtype(model), device)  # as train_lora computes
     flags = {p: p.requires_grad for p in model.parameters()}
@@ -336,13 +320,8 @@ def time_adapter_steps(
 
 
 def calibrate(
-    model: nn.Module,
-    batches: list[dict[str, torch.Tensor]],
-    adapter: AdapterConfig | None = None,
-    rounds: int = 3,
-    warmup: int = 1,
-    cache: bool = True,
-    progress: bool = False,
+    model: nn.Module, batches: list[dict[str, torch.Tensor]], adapter: AdapterConfig | None = None,
+    rounds: int = 3, warmup: int = 1, cache: bool = True, progress: bool = False,
 ) -> CostModel:
     """Fit the cost model from timed steps of a few adapter configurations (cached per key).
 
@@ -365,7 +344,6 @@ def calibrate(
     arch = get_architecture(model)
     n = len(get_blocks(model, arch))
     shapes = module_shapes(model, arch)
-    device = next(model.parameters()).device
     configs = {"standard": (standard_lora_config(arch, n, adapter), list(range(n)), True, adapter)}
     for name, layers in calibration_layer_sets(n).items():
         configs[name] = (aletheia_lora_config(arch, layers, adapter), layers, False, adapter)
@@ -385,7 +363,7 @@ def calibrate(
                "seconds": statistics.median(scaled[name]), "all_seconds": scaled[name]}
               for name, (_, layers, standard, _) in configs.items()]
     result = CostModel(n, coef, ref_tokens, shapes, list(arch.attention), list(arch.mlp), key,
-                       hardware_name(device), points)
+                       hardware_name(next(model.parameters()).device), points)
     for pt in points:
         pt["predicted"] = result.predict_features(pt["features"])
     if cache:
@@ -402,19 +380,17 @@ def backward_floor(model: nn.Module, batch: dict[str, torch.Tensor]) -> int | No
     None: no block output needs a gradient.
     """
     blocks = get_blocks(model)
-    tracked: list[bool] = [False] * len(blocks)
+    tracked: dict[nn.Module, bool] = {}
 
-    def hook(index: int):
-        def fn(module, args, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            tracked[index] = bool(out.requires_grad)
-        return fn
+    def hook(block, args, output):
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        tracked[block] = bool(out.requires_grad)
 
-    handles = [block.register_forward_hook(hook(i)) for i, block in enumerate(blocks)]
+    handles = [block.register_forward_hook(hook) for block in blocks]
     device = next(model.parameters()).device
     try:
         model(**{k: v.to(device) for k, v in batch.items()})
     finally:
         for h in handles:
             h.remove()
-    return next((i for i, t in enumerate(tracked) if t), None)
+    return next((i for i, block in enumerate(blocks) if tracked.get(block)), None)
