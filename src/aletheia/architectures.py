@@ -116,12 +116,11 @@ OVERRIDE_HINT = (
 
 def _base_model(model: nn.Module) -> nn.Module:
     """Unwrap a PeftModel (and a DDP wrapper) to the underlying transformers model."""
-    inner = model
-    if isinstance(getattr(inner, "module", None), nn.Module) and type(inner).__name__.endswith("DataParallel"):
-        inner = inner.module
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    return inner
+    if isinstance(getattr(model, "module", None), nn.Module) and type(model).__name__.endswith("DataParallel"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
 
 
 def model_type_of(model: nn.Module) -> str | None:
@@ -182,8 +181,7 @@ def resolve_architecture(
 
 def _check_names(model: nn.Module, arch: Architecture) -> None:
     """Every hand-given name must match a linear layer in the first block, else list what exists."""
-    blocks = get_blocks(model, arch)
-    linears = _linear_names(blocks[0])
+    linears = _linear_names(get_blocks(model, arch)[0])
     if not arch.attention and not arch.mlp and not arch.experts:
         raise AletheiaError(f"no attention or MLP modules given for '{arch.blocks_path}'; {OVERRIDE_HINT}")
     bad = [n for n in (*arch.attention, *arch.mlp) if not any(_matches(path, n) for path in linears)]
@@ -310,12 +308,9 @@ def infer_architecture(model: nn.Module, blocks_path: str | None = None) -> Arch
             f"({len(blocks)} x {type(blocks[0]).__name__}), linear layers in block 0: "
             f"{', '.join(names) or 'none'}; {OVERRIDE_HINT}"
         )
+    conv1d = type(blocks[0].get_submodule(names[0])).__name__ == "Conv1D"  # of the first linear layer
     return Architecture("generic", (model_type,), blocks_path, tuple(groups["attention"]),
-                        tuple(groups["mlp"]), fan_in_fan_out=type(_first_linear(blocks[0])).__name__ == "Conv1D")
-
-
-def _first_linear(block: nn.Module) -> nn.Module:
-    return next(m for n, m in block.named_modules() if n and _is_linear(m))
+                        tuple(groups["mlp"]), fan_in_fan_out=conv1d)
 
 
 def supported_table() -> str:

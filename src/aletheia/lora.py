@@ -38,26 +38,21 @@ def aletheia_lora_config(
     a = adapter or AdapterConfig()
     if not layers:
         raise AletheiaError("no layers selected: selective LoRA needs at least one layer")
-    mlp = list(arch.mlp) + list(arch.experts)
-    targets = arch.target_modules(a.modules)
     parameters = arch.target_parameters(layers, a.modules)
     base_rank = a.mlp_rank if a.modules == "mlp" else a.attention_rank
-    rank_pattern, alpha_pattern = {}, {}
-    if a.modules == "both" and a.mlp_rank != a.attention_rank:
-        for name in mlp:
-            rank_pattern[name] = a.mlp_rank
-            alpha_pattern[name] = a.alpha_ratio * a.mlp_rank
+    split = a.modules == "both" and a.mlp_rank != a.attention_rank  # MLP and experts off the base rank
+    patterned = list(arch.mlp) + list(arch.experts) if split else []
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=base_rank,
         lora_alpha=a.alpha_ratio * base_rank,
         lora_dropout=_dropout(arch, bool(parameters), a.dropout),
-        target_modules=targets,
+        target_modules=arch.target_modules(a.modules),
         target_parameters=parameters or None,
         layers_to_transform=sorted(layers),
         layers_pattern=arch.layers_pattern,
-        rank_pattern=rank_pattern,
-        alpha_pattern=alpha_pattern,
+        rank_pattern=dict.fromkeys(patterned, a.mlp_rank),
+        alpha_pattern=dict.fromkeys(patterned, a.alpha_ratio * a.mlp_rank),
         fan_in_fan_out=arch.fan_in_fan_out,
         bias="none",
     )

@@ -26,8 +26,7 @@ def set_seed(seed: int) -> None:
 
 def cache_dir() -> Path:
     """Where converted checkpoints live: ``$ALETHEIA_CACHE`` or ``~/.cache/aletheia``."""
-    root = os.environ.get("ALETHEIA_CACHE") or Path.home() / ".cache" / "aletheia"
-    return Path(root)
+    return Path(os.environ.get("ALETHEIA_CACHE") or Path.home() / ".cache" / "aletheia")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -59,8 +58,7 @@ def write_json(path: str | Path, data: Any) -> None:
     data = finite_or_null(data, found)
     if found and isinstance(data, dict):
         data = {**data, "non_finite": found}
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default,
-                                       allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default, allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
