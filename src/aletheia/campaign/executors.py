@@ -58,9 +58,8 @@ class LocalExecutor:
         out = []
         for job in jobs:
             _emit(on_event, "start", job)
-            record = fn(job)
+            out.append(record := fn(job))
             _emit(on_event, "done", job, record)
-            out.append(record)
         return out
 
 
@@ -128,10 +127,8 @@ class SlurmExecutor:
     def map(self, fn, jobs, on_event=None):
         from submitit.helpers import as_completed
 
-        if self.cfg.array:
-            handles = self.executor.map_array(fn, list(jobs))
-        else:
-            handles = [self.executor.submit(fn, job) for job in jobs]
+        handles = (self.executor.map_array(fn, list(jobs)) if self.cfg.array
+                   else [self.executor.submit(fn, job) for job in jobs])
         for job in jobs:
             _emit(on_event, "start", job)
         results: list[dict | None] = [None] * len(jobs)

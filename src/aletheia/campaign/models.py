@@ -61,8 +61,7 @@ def materialize_model(spec: ModelSpec, campaign_dir: str | Path) -> str:
     (built once, atomically, so parallel workers never see half a checkpoint), the embedded model's
     name (None for ``default``) once it is in the cache, else the id itself. The runner calls this
     for every model before any run starts, so an embedded model is fetched there, once."""
-    embedded = embedded_model(spec.id) if spec.id else None
-    if embedded is not None:
+    if spec.id and (embedded := embedded_model(spec.id)) is not None:
         from ..models import fetch_model
 
         fetch_model(embedded.name)  # instant when cached; a failed fetch stops the campaign, one line

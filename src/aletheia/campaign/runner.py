@@ -40,7 +40,7 @@ from ..config import RunConfig, run_config
 from ..errors import AletheiaError
 from ..outputs import check_writable, disk_full
 from ..runs import RunRecord, RunStore
-from ..utils import read_json, write_json
+from ..utils import read_json, resolve_device, write_json
 from .executors import get_executor
 from .models import materialize_model
 from .spec import SPEC_FILE, CampaignSpec, ModelSpec, load_campaign
@@ -76,7 +76,7 @@ class RunJob:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.campaign_dir) / "runs" / self.run_id
+        return RunStore(self.campaign_dir).run_dir(self.run_id)
 
     @property
     def key(self) -> tuple:
@@ -124,10 +124,8 @@ def _job(spec: CampaignSpec, m: ModelSpec, seed: int, recipe, budget, campaign_d
         cfg.probe.fraction = budget
     if m.batch_size:
         cfg.train.batch_size = cfg.probe.batch_size = m.batch_size
-    if m.lr:
-        cfg.train.lr = m.lr
-    if m.dtype:
-        cfg.train.dtype = m.dtype
+    cfg.train.lr = m.lr or cfg.train.lr
+    cfg.train.dtype = m.dtype or cfg.train.dtype
     match = recipe.kind.plan(recipe, cfg, spec.train.steps)
     return RunJob(run_id=rid, campaign_dir=campaign_dir, model=m.key, model_id=m.id, seed=seed,
                   recipe=recipe.name, budget=budget, config=cfg.to_dict(), match=match,
@@ -213,9 +211,8 @@ def _execute(job: RunJob, resume: bool = False) -> RunRecord:
         cfg.train.steps = steps
         notes.append(why)
 
-    selection = None
-    if cfg.method == "aletheia" and job.reuse_probe:
-        selection = load_shared_selection(shared / "probe.json", cfg)
+    selection = (load_shared_selection(shared / "probe.json", cfg)
+                 if cfg.method == "aletheia" and job.reuse_probe else None)
     baseline = read_json(shared / "baseline.json")
 
     trained = run_training(cfg, selection=selection, progress=False, device=job.device,
@@ -274,7 +271,6 @@ def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list
     try:
         from ..evaluation.suite import EvalConfig, run_suite
         from ..models import load_model_and_tokenizer
-        from ..utils import resolve_device
 
         eval_cfg = EvalConfig.from_dict({**job.eval_options, "tasks": list(job.benchmarks)})
         device = resolve_device(job.device)
@@ -305,9 +301,8 @@ def _benchmarks(job: RunJob, model_path: str | None, cfg: RunConfig, notes: list
 
 
 def _score(result: Any, metric: str) -> float | None:
-    if not isinstance(result, dict) or result.get(metric) is None:
-        return None
-    return 100.0 * float(result[metric])
+    value = result.get(metric) if isinstance(result, dict) else None
+    return None if value is None else 100.0 * float(value)
 
 
 def _now() -> str:

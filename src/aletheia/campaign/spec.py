@@ -25,6 +25,7 @@ from ..errors import AletheiaError, ConfigError
 from ..registry import Registry
 from ..typed_config import Config, at_least, duplicate_names, one_of, positive
 from ..yaml_io import load_yaml_file
+from .executors import EXECUTORS
 
 MATCH_MODES = ("factor", "wallclock")
 BENCHMARKS = ("mmlu", "gsm8k", "humaneval")
@@ -264,8 +265,6 @@ class ExecutorConfig(Config):
               "array_parallelism": at_least(1)}
 
     def problems(self) -> list[str]:
-        from .executors import EXECUTORS
-
         p = super().problems()
         if self.name not in EXECUTORS:
             p.append(f"name={self.name!r} is not an executor; use one of {', '.join(sorted(EXECUTORS))}")
