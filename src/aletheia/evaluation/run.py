@@ -82,8 +82,7 @@ def find_adapters(path: str | Path) -> dict[str, Path]:
         raise AletheiaError(f"adapter folder not found: {p} (pass a run folder written by aletheia train/compare)")
     if _is_adapter(p):
         return {"adapter": check_adapter(p)}
-    found = {name: check_adapter(p / name) for name in ("standard", "aletheia")
-             if _is_adapter(p / name)}
+    found = {name: check_adapter(p / name) for name in ("standard", "aletheia") if _is_adapter(p / name)}
     if not found:
         raise AletheiaError(f"{p} holds no adapter (adapter_config.json); pass a run folder from aletheia train "
                             "or a compare folder with standard/ and aletheia/")
@@ -201,8 +200,7 @@ def run_eval(
     for name, res in ev["results"].items():
         print(summary_line(name, res))
     if adapters:
-        print()
-        print(forgetting_table(out["forgetting"], list(ev["results"])))
+        print("\n" + forgetting_table(out["forgetting"], list(ev["results"])))
     print(f"wrote {output}")
     return out
 

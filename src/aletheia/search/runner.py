@@ -54,8 +54,7 @@ def make_job(entry: dict, cfg: SearchConfig, out: Path) -> RunJob:
                     seed=entry["seed"], output=str(out / "runs" / entry["run_id"]),
                     eval_accuracy_examples=cfg.eval_accuracy_examples)
     rc.probe.layers, rc.train.steps = entry["layers"], entry["steps"]
-    s = entry["settings"]
-    if s is not None:
+    if (s := entry["settings"]) is not None:
         rc.adapter.modules, rc.train.lr = s["modules"], s["lr"]
         rc.adapter.attention_rank, rc.adapter.mlp_rank = s["attention_rank"], s["mlp_rank"]
     rc.validate()
