@@ -8,7 +8,6 @@ the exact questions, the settings, the time of each benchmark and the package ve
 from __future__ import annotations
 
 import json
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,7 +19,8 @@ from ..config import RunConfig
 from ..errors import AletheiaError
 from ..models import load_model_and_tokenizer
 from ..outputs import check_file_output
-from ..utils import git_revision, package_versions, resolve_device, write_json
+from ..recipe import log
+from ..utils import git_revision, package_versions, read_json, resolve_device, write_json
 from .forgetting import forgetting_report, forgetting_table
 from .suite import EvalConfig, run_suite
 
@@ -28,10 +28,7 @@ VERSION_PACKAGES = ("aletheia", "torch", "transformers", "peft", "lm_eval", "dat
 
 
 def _is_eval_result(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
+    data = read_json(path)
     return isinstance(data, dict) and {"results", "settings", "model_path"} <= set(data)
 
 
@@ -85,8 +82,7 @@ def find_adapters(path: str | Path) -> dict[str, Path]:
         raise AletheiaError(f"adapter folder not found: {p} (pass a run folder written by aletheia train/compare)")
     if _is_adapter(p):
         return {"adapter": check_adapter(p)}
-    found = {name: check_adapter(p / name) for name in ("standard", "aletheia")
-             if _is_adapter(p / name)}
+    found = {name: check_adapter(p / name) for name in ("standard", "aletheia") if _is_adapter(p / name)}
     if not found:
         raise AletheiaError(f"{p} holds no adapter (adapter_config.json); pass a run folder from aletheia train "
                             "or a compare folder with standard/ and aletheia/")
@@ -185,7 +181,6 @@ def run_eval(
             model = model if model is not None else run_cfg.model
             if not data_given:  # reproduce the run's own held-out split
                 cfg.data, cfg.data_seed = run_cfg.data, run_cfg.seed
-    log = lambda m: print(f"aletheia: {m}", file=sys.stderr, flush=True)
     if "humaneval" in cfg.tasks and not cfg.allow_code_execution:
         log("HumanEval skipped: it executes model-written code; add --allow-code-execution to run it in the sandbox")
     start = time.perf_counter()
@@ -205,8 +200,7 @@ def run_eval(
     for name, res in ev["results"].items():
         print(summary_line(name, res))
     if adapters:
-        print()
-        print(forgetting_table(out["forgetting"], list(ev["results"])))
+        print("\n" + forgetting_table(out["forgetting"], list(ev["results"])))
     print(f"wrote {output}")
     return out
 
@@ -218,7 +212,6 @@ def evaluate_compare(run_cfg: RunConfig, folder: Path, cfg: EvalConfig, progress
     ``final``: where ``folder`` (a staging folder) will be moved, for the paths recorded."""
     cfg.data, cfg.data_seed = run_cfg.data, run_cfg.seed  # held-out loss on the runs' own split
     cfg.validate()
-    log = lambda m: print(f"aletheia: {m}", file=sys.stderr, flush=True)
     adapters = {"standard": folder / "standard", "aletheia": folder / "aletheia"}
     start = time.perf_counter()
     ev = evaluate_models(run_cfg.model, adapters, cfg, progress, device, log)

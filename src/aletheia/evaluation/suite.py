@@ -118,8 +118,7 @@ def run_suite(model, tokenizer, tasks: list[str], cfg: EvalConfig, progress: boo
     GSM8K ``strict_match`` and ``flexible_extract``; HumanEval ``pass@1``; heldout ``loss``.
     """
     cfg.validate()
-    bad = [t for t in tasks if t not in TASKS]
-    if bad:
+    if bad := [t for t in tasks if t not in TASKS]:
         raise AletheiaError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
     was_training = model.training
     model.eval()
@@ -127,14 +126,10 @@ def run_suite(model, tokenizer, tasks: list[str], cfg: EvalConfig, progress: boo
     try:
         for task in tasks:
             start = time.perf_counter()
-            out[task] = _run_task(task, model, tokenizer, cfg, progress)
+            bench = BENCHMARKS.get(task)
+            run = bench.lm_eval if cfg.backend == "lm-eval" and bench.lm_eval else bench.native
+            out[task] = run(model, tokenizer, cfg, progress)
             out[task]["seconds"] = round(time.perf_counter() - start, 2)
     finally:
         model.train(was_training)
     return out
-
-
-def _run_task(task: str, model, tokenizer, cfg: EvalConfig, progress: bool) -> dict[str, Any]:
-    bench = BENCHMARKS.get(task)
-    run = bench.lm_eval if cfg.backend == "lm-eval" and bench.lm_eval else bench.native
-    return run(model, tokenizer, cfg, progress)

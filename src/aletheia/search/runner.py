@@ -54,8 +54,7 @@ def make_job(entry: dict, cfg: SearchConfig, out: Path) -> RunJob:
                     seed=entry["seed"], output=str(out / "runs" / entry["run_id"]),
                     eval_accuracy_examples=cfg.eval_accuracy_examples)
     rc.probe.layers, rc.train.steps = entry["layers"], entry["steps"]
-    s = entry["settings"]
-    if s is not None:
+    if (s := entry["settings"]) is not None:
         rc.adapter.modules, rc.train.lr = s["modules"], s["lr"]
         rc.adapter.attention_rank, rc.adapter.mlp_rank = s["attention_rank"], s["mlp_rank"]
     rc.validate()
@@ -69,21 +68,20 @@ def make_job(entry: dict, cfg: SearchConfig, out: Path) -> RunJob:
 def run_probe_stage(cfg: SearchConfig, out: Path) -> dict:
     """Probe the model on the user's data once; every arm takes its layers from this ranking."""
     path = out / PROBE_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
-    from ..plots import plot_probe_scores
-    from ..recipe import prepare, probe_and_select
-    from ..selection import write_probe_json
+    if not path.is_file():
+        from ..plots import plot_probe_scores
+        from ..recipe import prepare, probe_and_select
+        from ..selection import write_probe_json
 
-    model_path = materialize_model(ModelSpec(id=cfg.model), out)
-    rc = run_config(cfg, model=model_path, seed=cfg.seed, output=str(out), adapter=AdapterConfig())
-    log("probe: scoring every layer on the training data")
-    ws = prepare(rc, cfg.device)
-    selection = probe_and_select(rc, ws, progress=False)
-    write_probe_json(path, selection, model_path=ws.model_path, seed=cfg.seed, probed_by="search probe")
-    plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
-    del ws
-    gc.collect()
+        model_path = materialize_model(ModelSpec(id=cfg.model), out)
+        rc = run_config(cfg, model=model_path, seed=cfg.seed, output=str(out), adapter=AdapterConfig())
+        log("probe: scoring every layer on the training data")
+        ws = prepare(rc, cfg.device)
+        selection = probe_and_select(rc, ws, progress=False)
+        write_probe_json(path, selection, model_path=ws.model_path, seed=cfg.seed, probed_by="search probe")
+        plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
+        del ws
+        gc.collect()
     return json.loads(path.read_text())
 
 
@@ -142,8 +140,7 @@ class Search:
         if todo:
             # the search's probe goes where run_one looks for a shared one, for every seed, so no run
             # probes again (the arms' layers are explicit; the scores are kept for the record)
-            for seed in {j.seed for j in todo}:
-                target = store.shared(ModelSpec(id=self.cfg.model).key, seed) / PROBE_FILE
+            for target in {store.shared(j.model, j.seed) / PROBE_FILE for j in todo}:
                 if not target.is_file():
                     write_json(target, {**self.probe, "probed_by": "search probe"})
             done = len(jobs) - len(todo)
@@ -168,8 +165,6 @@ class Search:
     # quick scan --------------------------------------------------------------------------------
     def scan(self) -> dict:
         cfg = self.cfg
-        if (d := self.decisions("scan")) is not None:
-            return d
 
         def make() -> list[dict]:
             entries = [self.entry("scan", arm, cfg.scan.steps) for arm in cfg.scan.arms]
@@ -194,8 +189,6 @@ class Search:
     # full runs ---------------------------------------------------------------------------------
     def full(self, scan: dict) -> dict:
         cfg = self.cfg
-        if (d := self.decisions("full")) is not None:
-            return d
         arms = {a.name: a for a in cfg.scan.arms}
 
         def make() -> list[dict]:
@@ -219,8 +212,6 @@ class Search:
     # push --------------------------------------------------------------------------------------
     def push(self, full: dict) -> dict:
         cfg = self.cfg
-        if (d := self.decisions("push")) is not None:
-            return d
         winner = _arm_of(full["winner"])
         notes: list[str] = []
 
@@ -274,8 +265,6 @@ class Search:
     # ablation ----------------------------------------------------------------------------------
     def ablation(self, leader: dict) -> dict:
         cfg = self.cfg
-        if (d := self.decisions("ablation")) is not None:
-            return d
         winner = _arm_of(leader)
         factors, why = self.ablation_factors(winner)
         (fa, la), (fb, lb) = factors.items()
@@ -314,8 +303,7 @@ class Search:
 
     def ablation_factors(self, winner: ArmSpec) -> tuple[dict[str, list], str]:
         """The configured factors, else the two whose quick-scan levels moved the mean loss most."""
-        given = self.cfg.ablation.factors
-        if given:
+        if given := self.cfg.ablation.factors:
             return {k: list(v) for k, v in given.items()}, "set in the search config (ablation.factors)"
         rows = [r for r in self.rows("scan") if r["ok"] and r["method"] == "aletheia"]
         spread = {}
@@ -377,7 +365,8 @@ def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = N
         "ablation": lambda: search.ablation(state["optuna"]["winner"]),
     }
     for name in STAGES[1 : STAGES.index(stop_after or STAGES[-1]) + 1]:  # the probe is done
-        state[name] = steps[name]()
+        # a stage with decisions is done (optuna checks itself: more trials may be asked for later)
+        state[name] = (name != "optuna" and search.decisions(name)) or steps[name]()
     return write_search_report(search)
 
 
@@ -388,9 +377,5 @@ def _arm_of(brief: dict) -> ArmSpec:
 
 
 def _key(arm: ArmSpec) -> tuple:
-    s = arm.settings()
-    if s["modules"] == "attention":
-        s["mlp_rank"] = None
-    if s["modules"] == "mlp":
-        s["attention_rank"] = None
-    return tuple(s.values())
+    unused = {"attention": "mlp_rank", "mlp": "attention_rank"}.get(arm.modules)
+    return tuple(None if k == unused else v for k, v in arm.settings().items())
