@@ -165,6 +165,8 @@ class Search:
     # quick scan --------------------------------------------------------------------------------
     def scan(self) -> dict:
         cfg = self.cfg
+        if (d := self.decisions("scan")) is not None:
+            return d
 
         def make() -> list[dict]:
             entries = [self.entry("scan", arm, cfg.scan.steps) for arm in cfg.scan.arms]
@@ -189,6 +191,8 @@ class Search:
     # full runs ---------------------------------------------------------------------------------
     def full(self, scan: dict) -> dict:
         cfg = self.cfg
+        if (d := self.decisions("full")) is not None:
+            return d
         arms = {a.name: a for a in cfg.scan.arms}
 
         def make() -> list[dict]:
@@ -212,6 +216,8 @@ class Search:
     # push --------------------------------------------------------------------------------------
     def push(self, full: dict) -> dict:
         cfg = self.cfg
+        if (d := self.decisions("push")) is not None:
+            return d
         winner = _arm_of(full["winner"])
         notes: list[str] = []
 
@@ -265,6 +271,8 @@ class Search:
     # ablation ----------------------------------------------------------------------------------
     def ablation(self, leader: dict) -> dict:
         cfg = self.cfg
+        if (d := self.decisions("ablation")) is not None:
+            return d
         winner = _arm_of(leader)
         factors, why = self.ablation_factors(winner)
         (fa, la), (fb, lb) = factors.items()
@@ -365,8 +373,7 @@ def run_search(cfg: SearchConfig, output: str | Path, stop_after: str | None = N
         "ablation": lambda: search.ablation(state["optuna"]["winner"]),
     }
     for name in STAGES[1 : STAGES.index(stop_after or STAGES[-1]) + 1]:  # the probe is done
-        # a stage with decisions is done (optuna checks itself: more trials may be asked for later)
-        state[name] = (name != "optuna" and search.decisions(name)) or steps[name]()
+        state[name] = steps[name]()
     return write_search_report(search)
 
 
