@@ -193,11 +193,12 @@ def resume_point(out: Path, cfg: RunConfig) -> Path:
     from .checkpoint import latest
 
     saved = out / "config.yaml"
-    before = RunConfig.from_yaml(saved).to_dict() if saved.is_file() else cfg.to_dict()
-    if differ := _differences(before, cfg.to_dict(), {"output"}):
-        raise AletheiaError(f"--resume: the checkpoint in {out} was made with other settings ("
-                            + "; ".join(differ[:5]) + "); resume with the same settings, or "
-                            "drop --resume and pass --overwrite to start again")
+    if saved.is_file():
+        differ = _differences(RunConfig.from_yaml(saved).to_dict(), cfg.to_dict(), {"output"})
+        if differ:
+            raise AletheiaError(f"--resume: the checkpoint in {out} was made with other settings ("
+                                + "; ".join(differ[:5]) + "); resume with the same settings, or "
+                                "drop --resume and pass --overwrite to start again")
     if (found := latest(out / "checkpoints")) is None:
         raise AletheiaError(f"--resume: the unfinished run in {out} has no checkpoint yet; rerun with "
                             "--overwrite to start again (add --train.save_every N to checkpoint)")

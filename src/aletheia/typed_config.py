@@ -235,23 +235,25 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
     if value is None:
         return None
     typ, origin = unwrap_optional(typ)
-    if typ in (int, float):
-        if isinstance(value, str) and _NUMBER.match(value.strip()):
-            value = float(value)  # YAML 1.1 reads `2e-4` and `1e12` (no dot) as text
-        kind = "whole number" if typ is int else "number"
+    if typ in (int, float) and isinstance(value, str) and _NUMBER.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads `2e-4` and `1e12` (no dot) as text
+    if typ is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FieldError(name, f"must be a {kind}, got {value!r}")
-        if typ is float:
-            value = float(value)
-        elif not isinstance(value, float):
-            return value  # an int for an int
+            raise FieldError(name, f"must be a whole number, got {value!r}")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise FieldError(name, f"must be a finite whole number, got {value!r}")
+            if not value.is_integer():
+                raise FieldError(name, f"must be a whole number, got {value!r} (e.g. {math.floor(value)})")
+            return int(value)
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FieldError(name, f"must be a number, got {value!r}")
+        value = float(value)
         if not math.isfinite(value):
-            raise FieldError(name, f"must be a finite {kind}, got {value!r}")
-        if typ is float:
-            return value
-        if not value.is_integer():
-            raise FieldError(name, f"must be a whole number, got {value!r} (e.g. {math.floor(value)})")
-        return int(value)
+            raise FieldError(name, f"must be a finite number, got {value!r}")
+        return value
     if typ is bool and not isinstance(value, bool):
         raise FieldError(name, f"must be true or false, got {value!r}")
     if typ is str and not isinstance(value, str):

@@ -110,7 +110,9 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def _cell(v):
-    return "" if v is None else f"{v:.6g}" if isinstance(v, float) else v
+    if v is None:
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else v
 
 
 def write_results_csv(campaign_dir: str | Path) -> list[dict]:
@@ -129,6 +131,8 @@ def read_results_csv(path: str | Path) -> list[dict]:
 
 
 def _parse(column: str, v: str | None):
-    if not v or column in TEXT_COLS:
-        return v or None
+    if v == "" or v is None:
+        return None
+    if column in TEXT_COLS:
+        return v
     return int(float(v)) if column in INT_COLS else float(v)
