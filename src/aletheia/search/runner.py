@@ -68,20 +68,21 @@ def make_job(entry: dict, cfg: SearchConfig, out: Path) -> RunJob:
 def run_probe_stage(cfg: SearchConfig, out: Path) -> dict:
     """Probe the model on the user's data once; every arm takes its layers from this ranking."""
     path = out / PROBE_FILE
-    if not path.is_file():
-        from ..plots import plot_probe_scores
-        from ..recipe import prepare, probe_and_select
-        from ..selection import write_probe_json
+    if path.is_file():
+        return json.loads(path.read_text())
+    from ..plots import plot_probe_scores
+    from ..recipe import prepare, probe_and_select
+    from ..selection import write_probe_json
 
-        model_path = materialize_model(ModelSpec(id=cfg.model), out)
-        rc = run_config(cfg, model=model_path, seed=cfg.seed, output=str(out), adapter=AdapterConfig())
-        log("probe: scoring every layer on the training data")
-        ws = prepare(rc, cfg.device)
-        selection = probe_and_select(rc, ws, progress=False)
-        write_probe_json(path, selection, model_path=ws.model_path, seed=cfg.seed, probed_by="search probe")
-        plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
-        del ws
-        gc.collect()
+    model_path = materialize_model(ModelSpec(id=cfg.model), out)
+    rc = run_config(cfg, model=model_path, seed=cfg.seed, output=str(out), adapter=AdapterConfig())
+    log("probe: scoring every layer on the training data")
+    ws = prepare(rc, cfg.device)
+    selection = probe_and_select(rc, ws, progress=False)
+    write_probe_json(path, selection, model_path=ws.model_path, seed=cfg.seed, probed_by="search probe")
+    plot_probe_scores(selection, out / "probe_scores.png", title=Path(ws.model_path).name)
+    del ws
+    gc.collect()
     return json.loads(path.read_text())
 
 
