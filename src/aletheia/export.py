@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ import torch
 from .errors import AletheiaError
 from .outputs import check_writable
 from .runs.folder import STAGING, finished_run, signals_held, unfinished_run
-from .utils import git_revision, package_versions, resolve_device, write_json
+from .utils import git_revision, package_versions, resolve_device, timestamp, write_json
 
 MARK = "aletheia-export.json"
 FORMATS = ("hf", "gguf")
@@ -63,7 +62,7 @@ def export_run(run_dir: str | Path, output: str | Path, overwrite: bool = False,
             "format": fmt, "source_run": str(run.resolve()), "base_model": base,
             "adapter": json.loads((run / "adapter_config.json").read_text()).get("peft_type"),
             "versions": package_versions(), "git_revision": git_revision(),
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "exported_at": timestamp(),
         })
         _move_into_place(staging, output)
     finally:

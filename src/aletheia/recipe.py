@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from .utils import (
     resolve_device,
     resolve_dtype,
     set_seed,
+    timestamp,
     write_json,
 )
 
@@ -309,7 +309,7 @@ def _train_into(out: Path, cfg: RunConfig, selection: Selection | None, progress
         eval_examples=len(ws.eval_items), train_examples=len(ws.train_items),
         device=str(ws.device), dtype=str(ws.dtype).replace("torch.", ""),
         torch_threads=torch.get_num_threads(), versions=package_versions(), git_revision=git_revision(),
-        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        finished_at=timestamp(),
     )
     if main and "accuracy_samples" in after:
         write_json(out / "accuracy_samples.json", after["accuracy_samples"])

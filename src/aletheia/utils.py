@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import tempfile
+import time
 from contextlib import AbstractContextManager, nullcontext
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +28,11 @@ def set_seed(seed: int) -> None:
 def cache_dir() -> Path:
     """Where converted checkpoints live: ``$ALETHEIA_CACHE`` or ``~/.cache/aletheia``."""
     return Path(os.environ.get("ALETHEIA_CACHE") or Path.home() / ".cache" / "aletheia")
+
+
+def timestamp() -> str:
+    """Local time with its UTC offset, as every record's ``*_at`` field writes it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -40,7 +40,7 @@ from ..config import RunConfig, run_config
 from ..errors import AletheiaError
 from ..outputs import check_writable, disk_full
 from ..runs import RunRecord, RunStore
-from ..utils import read_json, resolve_device, write_json
+from ..utils import read_json, resolve_device, timestamp, write_json
 from .executors import get_executor
 from .models import materialize_model
 from .spec import SPEC_FILE, CampaignSpec, ModelSpec, load_campaign
@@ -93,7 +93,7 @@ class RunJob:
         return RunRecord(method=self.config["method"], seed=self.seed, steps=self.config["train"]["steps"],
                          status="failed", reason=reason, run_id=self.run_id, model=self.model,
                          model_id=self.model_id, recipe=self.recipe, budget=self.budget,
-                         finished_at=_now())
+                         finished_at=timestamp())
 
     @property
     def label(self) -> str:
@@ -151,7 +151,7 @@ def run_one(job: RunJob) -> RunRecord:
         if rd.exists() and not resumable:  # an interrupted attempt: start clean, no stale file survives
             shutil.rmtree(rd)
         rd.mkdir(parents=True, exist_ok=resumable)
-        write_json(rd / STARTED_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now(),
+        write_json(rd / STARTED_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started_at": timestamp(),
                                        "started_unix": time.time()})
         logfile = open(rd / "log.txt", "w")
     except OSError as exc:  # a full disk before the run even starts: stop cleanly, resume later
@@ -304,9 +304,6 @@ def _score(result: Any, metric: str) -> float | None:
     value = result.get(metric) if isinstance(result, dict) else None
     return None if value is None else 100.0 * float(value)
 
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 # --- the whole campaign -------------------------------------------------------------------------

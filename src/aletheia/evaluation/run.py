@@ -20,7 +20,7 @@ from ..errors import AletheiaError
 from ..models import load_model_and_tokenizer
 from ..outputs import check_file_output
 from ..recipe import log
-from ..utils import git_revision, package_versions, read_json, resolve_device, write_json
+from ..utils import git_revision, package_versions, read_json, resolve_device, timestamp, write_json
 from .forgetting import forgetting_report, forgetting_table
 from .suite import EvalConfig, run_suite
 
@@ -192,7 +192,7 @@ def run_eval(
         "seconds": round(time.perf_counter() - start, 1),
         "device": str(resolve_device(device)), "torch_threads": torch.get_num_threads(),
         "versions": package_versions(VERSION_PACKAGES), "git_revision": git_revision(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished_at": timestamp(),
     }
     if adapters:
         out["forgetting"] = forgetting_report(ev["results"])

@@ -22,14 +22,13 @@ import os
 import shutil
 import signal
 import socket
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import AletheiaError
 from ..interrupts import RunInterrupted  # noqa: F401 (re-exported)
 from ..outputs import check_writable, disk_full
-from ..utils import read_json, write_json
+from ..utils import read_json, timestamp, write_json
 
 STATE_FILE = "run_state.json"
 STAGING = ".partial"
@@ -269,7 +268,7 @@ class RunFolder:
 
     def _write_state(self, folder: Path, status: str, final: bool = False) -> None:
         state = {"status": status, "kind": self.kind, "pid": os.getpid(), "host": socket.gethostname(),
-                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                 "updated_at": timestamp()}
         if final:
             state["files"] = sorted(p.name for p in folder.iterdir() if p.name != STATE_FILE)
         write_json(folder / STATE_FILE, state)
